@@ -1,0 +1,90 @@
+"""The ``tlearn`` command: one subcommand per DVC stage, plus the tools.
+
+Exit codes: 0 success, 1 partial failure (e.g. some images could not be predicted),
+2 bad input (a one-line message naming the params key, file or class), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from tlearn import __version__
+from tlearn.errors import TlearnError
+
+log = logging.getLogger("tlearn")
+
+# DVC stage name -> module in tlearn.stages (each has ``run(cfg) -> dict of metrics``).
+STAGES = {
+    "download": "fetch data.source into data/raw",
+    "prepare": "decode, validate, de-duplicate, split and resize into data/prepared",
+    "augment": "seeded augmented copies of the training split",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except TlearnError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlearn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tlearn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for name, help_text in STAGES.items():
+        p = sub.add_parser(name, help=f"stage: {help_text}")
+        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+        p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a params key for this run, e.g. -S head.dropout=0.2")
+        p.set_defaults(handler=_run_stage, stage=name)
+    return parser
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from tlearn import config
+
+    cfg = config.load(args.params, overrides=_parse_overrides(args.set))
+    stage = importlib.import_module(f"tlearn.stages.{args.stage}")
+    metrics = stage.run(cfg)
+    log.debug("%s metrics: %s", args.stage, metrics)
+    return 0
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TlearnError(f"-S {pair!r}: expected KEY=VALUE, e.g. -S head.dropout=0.2")
+        overrides[key] = yaml.safe_load(value)  # same typing as params.yaml and `dvc exp run -S`
+    return overrides
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # TensorFlow's C++ start-up chatter buries the one line that matters.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""params.yaml -> frozen dataclasses.
+
+params.yaml is the one place defaults live: every key is required here, so a key that
+DVC tracks can never silently differ from what the code uses. Any problem (unknown key,
+missing key, wrong type, out-of-range value) raises ConfigError with a one-line message
+that names the key path, e.g.
+``params.yaml: prepare.resize_mode must be one of crop, pad, warp (got 'zoom')``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tlearn.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass(frozen=True)
+class Base:
+    seed: int = field(metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class Data:
+    source: str
+    sha256: str | None
+    max_expansion: float = field(metadata=_range(1))
+    max_extracted_mb: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class Split:
+    validation: float = field(metadata=_range(0, 0.5, lo_open=True))
+    test: float = field(metadata=_range(0, 0.5, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Prepare:
+    image_size: int = field(metadata=_range(8, 1024))
+    resize_mode: Literal["crop", "pad", "warp"]
+    split: Split
+    max_pixels: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class Augment:
+    copies: int = field(metadata=_range(0, 100))
+    rotation: float = field(metadata=_range(0, 0.5))
+    translation: float = field(metadata=_range(0, 0.5))
+    zoom: float = field(metadata=_range(0, 0.9))
+    contrast: float = field(metadata=_range(0, 1))
+    horizontal_flip: bool
+    vertical_flip: bool
+
+
+@dataclass(frozen=True)
+class Model:
+    backbone: str
+    weights: str
+
+
+@dataclass(frozen=True)
+class Features:
+    batch_size: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class Head:
+    pooling: Literal["avg", "max", "flatten"]
+    units: list[int]
+    dropout: float = field(metadata=_range(0, 0.95))
+    activation: Literal["relu", "gelu", "swish", "elu", "tanh"]
+    learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    optimizer: Literal["adam", "sgd", "rmsprop"]
+    momentum: float = field(metadata=_range(0, 1))
+    epochs: int = field(metadata=_range(1))
+    batch_size: int = field(metadata=_range(1))
+    label_smoothing: float = field(metadata=_range(0, 0.5))
+    class_weight: Literal["none", "balanced"]
+    patience: int = field(metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class Tune:
+    n_trials: int = field(metadata=_range(0))
+    timeout_minutes: float = field(metadata=_range(0))
+    storage: str
+    study_name: str
+    epochs: int = field(metadata=_range(1))
+    units: list[int]
+    dropout: list[float]
+    learning_rate: list[float]
+
+
+@dataclass(frozen=True)
+class Finetune:
+    unfreeze: int | str
+    learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    epochs: int = field(metadata=_range(0))
+    batch_size: int = field(metadata=_range(1))
+    patience: int = field(metadata=_range(0))
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    misclassified: int = field(metadata=_range(0, 100))
+
+
+@dataclass(frozen=True)
+class Tracking:
+    experiment: str
+    registered_model: str
+    promote_margin: float = field(metadata=_range(0, 1))
+    required: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    base: Base
+    data: Data
+    prepare: Prepare
+    augment: Augment
+    model: Model
+    features: Features
+    head: Head
+    tune: Tune
+    finetune: Finetune
+    evaluate: Evaluate
+    tracking: Tracking
+
+
+def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Config:
+    """Read params.yaml (plus optional ``{"head.dropout": 0.2}`` overrides) into a Config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the project root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = raw or {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return from_dict(raw, source=path.name)
+
+
+def from_dict(raw: dict[str, Any], source: str = "params.yaml") -> Config:
+    return _build(Config, raw, prefix="", source=source)
+
+
+def to_flat_dict(cfg: Config) -> dict[str, Any]:
+    """``{"head.dropout": 0.3, ...}``: the shape MLflow params and ``dvc exp run -S`` use."""
+    flat: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                flat[f"{prefix}{f.name}"] = value
+
+    walk(cfg, "")
+    return flat
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str):
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping (got {raw!r})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: {prefix}{key} is not a known key (known: {', '.join(fields)})"
+            )
+    values = {}
+    for name, f in fields.items():
+        path = f"{prefix}{name}"
+        if name not in raw:
+            raise ConfigError(f"{source}: {path} is missing")
+        values[name] = _check(hints[name], raw[name], path, f.metadata, source)
+    return cls(**values)
+
+
+def _check(hint: Any, value: Any, path: str, meta: typing.Mapping, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{path}.", source)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise ConfigError(f"{source}: {path} must be one of {choices} (got {value!r})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check(arg, value, path, meta, source)
+            except ConfigError as exc:
+                errors.append(exc)
+        names = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{source}: {path} must be {names} (got {value!r})")
+    if origin is list:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{source}: {path} must be a non-empty list (got {value!r})")
+        return [_check(args[0], v, f"{path}[{i}]", meta, source) for i, v in enumerate(value)]
+    return _check_scalar(hint, value, path, meta, source)
+
+
+def _check_scalar(hint: type, value: Any, path: str, meta: typing.Mapping, source: str) -> Any:
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str) and value != "",
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{source}: {path} must be {_type_name(hint)} (got {value!r})")
+    value = hint(value)
+    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        bound = f"> {lo}" if lo_open else f">= {lo}"
+        raise ConfigError(f"{source}: {path} must be {bound} (got {value!r})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{source}: {path} must be <= {hi} (got {value!r})")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -1,0 +1,13 @@
+"""Errors a user can fix. The CLI prints their one-line message and exits with code 2."""
+
+
+class TlearnError(Exception):
+    """Bad input: the message names the file, key or class to fix."""
+
+
+class ConfigError(TlearnError):
+    """A params.yaml value (or an override) is wrong."""
+
+
+class DataError(TlearnError):
+    """The data source or its contents cannot be used."""

@@ -1,0 +1,22 @@
+"""Where each stage reads and writes, relative to the project root (mirrors dvc.yaml)."""
+
+from pathlib import Path
+
+DATA = Path("data")
+RAW = DATA / "raw"
+MANIFEST = RAW / "manifest.json"
+DOWNLOADS = DATA / "downloads"          # resumable download cache, not a DVC output
+PREPARED = DATA / "prepared"
+AUGMENTED = DATA / "augmented"
+FEATURES = DATA / "features"
+MODELS = Path("models")
+LABELS = MODELS / "labels.json"
+HEAD_MODEL = MODELS / "head.keras"
+MODEL = MODELS / "model.keras"
+BEST_PARAMS = MODELS / "best_params.json"
+CHECKPOINTS = DATA / "checkpoints"      # finetune resume state, not a DVC output
+REPORTS = Path("reports")
+
+
+def prepared_split(split: str) -> Path:
+    return PREPARED / f"{split}.npz"

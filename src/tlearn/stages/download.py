@@ -1,0 +1,25 @@
+"""download stage: ``data.source`` -> data/raw/ + data/raw/manifest.json."""
+
+from __future__ import annotations
+
+import logging
+
+from tlearn import paths
+from tlearn.config import Config
+from tlearn.data import sources
+from tlearn.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config) -> dict:
+    limits = sources.ExtractLimits(max_expansion=cfg.data.max_expansion,
+                                   max_bytes=cfg.data.max_extracted_mb * 1024 * 1024)
+    with atomic_path(paths.RAW) as tmp:
+        tmp.mkdir()
+        manifest = sources.fetch(cfg.data.source, cfg.data.sha256, tmp, paths.DOWNLOADS, limits)
+        write_json(tmp / "manifest.json", manifest)
+    log.info("download: %d files in %d classes (%s) -> %s", manifest["n_files"],
+             len(manifest["classes"]), ", ".join(manifest["splits"] or ["no given splits"]),
+             paths.RAW)
+    return {"n_files": manifest["n_files"], "n_classes": len(manifest["classes"])}
