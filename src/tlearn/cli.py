@@ -22,6 +22,10 @@ STAGES = {
     "download": "fetch data.source into data/raw",
     "prepare": "decode, validate, de-duplicate, split and resize into data/prepared",
     "augment": "seeded augmented copies of the training split",
+    "features": "run the frozen base once over every split and cache the outputs",
+    "train_head": "train the new head on the cached features -> models/head.keras",
+    "finetune": "unfreeze the top of the base and retrain -> models/model.keras",
+    "evaluate": "test-split metrics, confusion matrix, curves, worst mistakes",
 }
 
 

@@ -93,18 +93,6 @@ class Head:
 
 
 @dataclass(frozen=True)
-class Tune:
-    n_trials: int = field(metadata=_range(0))
-    timeout_minutes: float = field(metadata=_range(0))
-    storage: str
-    study_name: str
-    epochs: int = field(metadata=_range(1))
-    units: list[int]
-    dropout: list[float]
-    learning_rate: list[float]
-
-
-@dataclass(frozen=True)
 class Finetune:
     unfreeze: int | str
     learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
@@ -135,7 +123,6 @@ class Config:
     model: Model
     features: Features
     head: Head
-    tune: Tune
     finetune: Finetune
     evaluate: Evaluate
     tracking: Tracking
@@ -152,7 +139,7 @@ def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     raw = raw or {}
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        _set_dotted(raw, dotted, value, source=path.name)
     return from_dict(raw, source=path.name)
 
 
@@ -176,11 +163,15 @@ def to_flat_dict(cfg: Config) -> dict[str, Any]:
     return flat
 
 
-def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+def _set_dotted(raw: dict, dotted: str, value: Any, source: str = "params.yaml") -> None:
     *parents, leaf = dotted.split(".")
     node = raw
-    for key in parents:
-        node = node.setdefault(key, {})
+    for depth in range(len(parents) + 1):
+        if not isinstance(node, dict):  # e.g. -S prepare.image_size.x=1
+            where = ".".join(parents[:depth]) or "top level"
+            raise ConfigError(f"{source}: cannot set {dotted}: {where} is not a mapping")
+        if depth < len(parents):
+            node = node.setdefault(parents[depth], {})
     node[leaf] = value
 
 

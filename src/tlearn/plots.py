@@ -21,18 +21,53 @@ def save(fig, path: Path) -> None:
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], path: Path,
-               column_titles: Sequence[str] = (), row_titles: Sequence[str] = ()) -> None:
-    """A grid of uint8 RGB images; ``rows[r][c]`` goes to row r, column c."""
+               titles: Sequence[Sequence[str]] = ()) -> None:
+    """A grid of uint8 RGB images: ``rows[r][c]`` at row r, column c, titled ``titles[r][c]``."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 * n_cols, 1.6 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols, 1.9 * n_rows), squeeze=False)
     for r, ax_row in enumerate(axes):
         for c, ax in enumerate(ax_row):
             ax.axis("off")
             if c < len(rows[r]):
                 ax.imshow(rows[r][c])
-            if r == 0 and c < len(column_titles):
-                ax.set_title(column_titles[c], fontsize=8)
-            if c == 0 and r < len(row_titles):
-                ax.text(-0.05, 0.5, row_titles[r], fontsize=7, ha="right", va="center",
-                        transform=ax.transAxes)
+            if r < len(titles) and c < len(titles[r]):
+                ax.set_title(titles[r][c], fontsize=8)
+    save(fig, path)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path,
+                     title: str = "Confusion matrix (test)") -> None:
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (r, c), value in np.ndenumerate(matrix):
+        ax.text(c, r, str(value), ha="center", va="center", fontsize=8,
+                color="white" if value > threshold else "black")
+    save(fig, path)
+
+
+def training_curves(history: Sequence[dict], path: Path, phase_start: int | None = None) -> None:
+    """Accuracy and loss per epoch across both phases; a line marks where fine-tuning starts
+    (the plot of the teaching material)."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(epochs, [row[metric] for row in history], "o-", ms=3, label=f"training {metric}")
+        ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", ms=3,
+                label=f"validation {metric}")
+        if phase_start is not None:
+            ax.axvline(phase_start - 0.5, color="gray", ls="--", lw=1)
+            ax.text(phase_start - 0.4, ax.get_ylim()[1], "fine-tune", va="top", fontsize=8,
+                    color="gray")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("epoch")
     save(fig, path)

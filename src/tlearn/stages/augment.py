@@ -34,7 +34,7 @@ def run(cfg: Config) -> dict:
     grid = [[train.images[i]] + [copies[c * n + i] for c in range(cfg.augment.copies)]
             for i in rows]
     titles = ["original"] + [f"copy {c + 1}" for c in range(cfg.augment.copies)]
-    plots.image_grid(grid, PREVIEW, column_titles=titles)
+    plots.image_grid(grid, PREVIEW, titles=[titles])
     log.info("augment: %d copies of %d training images -> %s", cfg.augment.copies, n,
              paths.AUGMENTED)
     return {"n_augmented": len(augmented)}
