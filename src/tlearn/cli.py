@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a params key for this run, e.g. -S head.dropout=0.2")
         p.set_defaults(handler=_run_stage, stage=name)
+
+    p = sub.add_parser("backbones", help="list every backbone: size, input size, weights, offline")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=_backbones)
+
+    p = sub.add_parser("predict", help="classify images with a pretrained or trained model")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default="models/model.keras",
+                   help="imagenet:<backbone>, a .keras file (labels.json beside it) or "
+                        "models:/<name>@<alias> (default: %(default)s)")
+    p.add_argument("--top", type=int, default=5, help="predictions per image (default: 5)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=_predict)
     return parser
 
 
@@ -66,6 +79,32 @@ def _run_stage(args: argparse.Namespace) -> int:
     metrics = stage.run(cfg)
     log.debug("%s metrics: %s", args.stage, metrics)
     return 0
+
+
+def _backbones(args: argparse.Namespace) -> int:
+    import json
+
+    from tlearn.models import backbones
+
+    rows = backbones.table()
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'backbone':<22} {'params':>8} {'size':>5} {'min':>4}  {'offline':<7}  weights"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['name']:<22} {row['parameters'] / 1e6:>7.1f}M {row['default_size']:>5} "
+              f"{row['min_size']:>4}  {'yes' if row['offline'] else 'no':<7}  {row['weights']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tlearn import predict
+
+    if args.top < 1:
+        raise TlearnError(f"--top must be at least 1 (got {args.top})")
+    return predict.run(args.images, args.model, top=args.top, fmt=args.format)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:

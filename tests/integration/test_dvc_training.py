@@ -1,0 +1,122 @@
+"""`dvc repro` of the whole pipeline on tiny synthetic data in a temporary project:
+outputs and metrics, nothing reruns the second time, a finetune param reruns only
+finetune and evaluate, and a finetune killed with SIGKILL resumes when rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, save_image
+
+BIN = Path(sys.executable).parent
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_RUN_ID", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(root: Path, **updates) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in updates.items():
+        group, key = dotted.split("__")
+        params[group][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def colour_images(folder: Path, per_class: int = 16) -> None:
+    rng = np.random.default_rng(0)
+    for label, colour in COLOURS.items():
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (40, 40, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            save_image(folder / label / f"{label}_{i}.png", pixels)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    colour_images(root / "images")
+    set_params(root, data__source="images", prepare__image_size=32, augment__copies=1,
+               head__epochs=30, head__batch_size=16, head__learning_rate=0.003, head__units=[16], finetune__epochs=2, finetune__unfreeze=10,
+               finetune__learning_rate=0.0001)
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
+                [str(BIN / "dvc"), "config", "core.analytics", "false"]):
+        run(cmd, root)
+    return root
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_repro_builds_every_output_with_good_metrics(project):
+    result = run([str(BIN / "dvc"), "repro"], project)
+    assert stages_run(result.stdout) == ["download", "prepare", "augment", "features",
+                                         "train_head", "finetune", "evaluate"]
+    report = json.loads((project / "reports/evaluate.json").read_text())
+    assert {"accuracy", "top_k_accuracy", "loss", "head_accuracy", "n_test",
+            "per_class"} <= report.keys()
+    assert report["n_test"] == 6 and report["k"] == 3
+    assert report["accuracy"] >= 0.88 and report["head_accuracy"] >= 0.88
+    assert set(report["per_class"]) == set(COLOURS)
+    for name in ("confusion_matrix.png", "training_curves.png", "misclassified.png"):
+        assert (project / "reports" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    head_rows = (project / "reports/head_history.csv").read_text().splitlines()
+    ft_rows = (project / "reports/finetune_history.csv").read_text().splitlines()
+    assert ft_rows[1].split(",")[0] == str(len(head_rows))  # epochs continue after the head
+
+
+def test_second_repro_runs_nothing(project):
+    result = run([str(BIN / "dvc"), "repro"], project)
+    assert stages_run(result.stdout) == []
+
+
+def test_finetune_learning_rate_reruns_only_finetune_and_evaluate(project):
+    set_params(project, finetune__learning_rate=0.0002)
+    result = run([str(BIN / "dvc"), "repro"], project)
+    assert stages_run(result.stdout) == ["finetune", "evaluate"]
+
+
+def test_killed_finetune_resumes_where_it_stopped(project):
+    set_params(project, finetune__epochs=12, finetune__patience=20)
+    state = project / "data/checkpoints/finetune/state.json"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([str(BIN / "tlearn"), "finetune"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "finetune ended before it could be killed"
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 1 <= done < 12
+    result = run([str(BIN / "tlearn"), "finetune"], project)
+    assert f"resuming from the checkpoint" in result.stderr
+    rerun = [line for line in result.stderr.splitlines() if "tlearn.train: epoch" in line]
+    assert len(rerun) == 12 - done  # finished epochs are not trained again
+    head_epochs = len((project / "reports/head_history.csv").read_text().splitlines()) - 1
+    rows = (project / "reports/finetune_history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(head_epochs + 1, head_epochs + 13))
+    metrics = json.loads((project / "reports/finetune.json").read_text())
+    assert metrics["epochs"] == 12 and metrics["val_accuracy"] >= 0.88
+    assert not state.parent.exists()  # a finished run clears its checkpoint

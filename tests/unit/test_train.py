@@ -1,0 +1,94 @@
+"""The epoch loop (early stopping, resumable checkpoints), class weights and the metrics."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tlearn import train
+from tlearn.evaluate import classification_report, worst_mistakes
+
+
+def test_early_stopping_waits_patience_epochs_after_the_best():
+    stopper = train.EarlyStopping(patience=2)
+    losses = [1.0, 0.5, 0.6, 0.7, 0.4, 0.45, 0.5, 0.55]
+    stopped_at = None
+    for epoch, loss in enumerate(losses, start=1):
+        stopper.update(epoch, loss)
+        if stopper.should_stop:
+            stopped_at = epoch
+            break
+    assert (stopper.best_epoch, stopper.best_loss, stopped_at) == (5, 0.4, 8)
+
+
+def test_balanced_class_weights_undo_imbalance():
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = train.class_weights(labels, 3, "balanced")
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+    assert weights[2] == 1.0  # absent class: neutral
+    assert train.class_weights(labels, 3, "none") is None
+
+
+class Killed(Exception):
+    pass
+
+
+def tiny_problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = train.one_hot((x[:, 0] > 0).astype(int), 2)
+    return train.array_dataset(x, y, 16, seed=0), train.array_dataset(x, y, 16)
+
+
+def tiny_model() -> keras.Model:
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    train.compile_classifier(model, train.make_optimizer("adam", 0.05))
+    return model
+
+
+def test_checkpoint_resumes_after_a_crash(tmp_path):
+    keras.utils.set_random_seed(0)
+    data, val = tiny_problem()
+    checkpoint = train.Checkpoint(tmp_path / "ckpt", fingerprint="abc")
+
+    def crash_after_epoch_12(row):
+        if row["epoch"] == 12:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10, first_epoch=10,
+                         checkpoint=checkpoint, on_epoch=crash_after_epoch_12)
+    epochs_run = []
+    model, history = train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10,
+                                      first_epoch=10, checkpoint=checkpoint,
+                                      on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [13, 14]  # 10..12 came from the checkpoint, not rerun
+    assert [row["epoch"] for row in history] == [10, 11, 12, 13, 14]
+    best = min(history, key=lambda row: row["val_loss"])
+    assert model.evaluate(val, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_checkpoint_from_other_inputs_is_ignored(tmp_path):
+    data, val = tiny_problem()
+    train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
+                     checkpoint=train.Checkpoint(tmp_path / "ckpt", fingerprint="old"))
+    _, history = train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
+                                  checkpoint=train.Checkpoint(tmp_path / "ckpt", fingerprint="new"))
+    assert len(history) == 2
+
+
+def test_classification_report_numbers():
+    labels = ["cat", "dog", "fox"]
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.8, .1, .1], [.3, .6, .1], [.1, .8, .1],
+                      [.2, .7, .1], [.1, .2, .7], [.5, .1, .4]])
+    report = classification_report(y, probs, labels)
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["k"] == 3 and report["top_k_accuracy"] == 1.0
+    assert report["loss"] == pytest.approx(-np.mean(np.log([.8, .3, .8, .7, .7, .4])))
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert report["per_class"]["dog"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert list(worst_mistakes(y, probs, 5)) == [1, 5]  # 0.6 wrong before 0.5 wrong
