@@ -233,6 +233,8 @@ def _check_scalar(hint: type, value: Any, path: str, meta: typing.Mapping, sourc
     if not ok:
         raise ConfigError(f"{source}: {path} must be {_type_name(hint)} (got {value!r})")
     value = hint(value)
+    if value != value:  # NaN compares false with every bound: it would pass any range
+        raise ConfigError(f"{source}: {path} must be {_type_name(hint)} (got {value!r})")
     lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
     if lo is not None and (value < lo or (lo_open and value == lo)):
         bound = f"> {lo}" if lo_open else f">= {lo}"

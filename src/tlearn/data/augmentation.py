@@ -43,7 +43,10 @@ def augmented_copies(images: np.ndarray, cfg: Augment, seed: int,
         augmenter = build_augmenter(cfg, seed=seed + 1000 * copy)
         for b in range(n_batches):
             batch = images[b * batch_size:(b + 1) * batch_size].astype("float32")
-            result = keras.ops.convert_to_numpy(augmenter(batch, training=True))
+            if not augmenter.layers:  # every range 0 and no flips: copies are the originals
+                result = batch
+            else:
+                result = keras.ops.convert_to_numpy(augmenter(batch, training=True))
             start = copy * len(images) + b * batch_size
             out[start:start + len(batch)] = np.clip(np.round(result), 0, 255).astype(np.uint8)
     return out

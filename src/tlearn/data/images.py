@@ -52,7 +52,7 @@ def load_rgb(path: Path, size: int, mode: str, max_pixels: int) -> np.ndarray:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Grayscale, palette, CMYK and alpha images to RGB; transparency becomes white."""
-    if img.mode == "P" and "transparency" in img.info:
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # PNG tRNS chunk
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA")

@@ -12,14 +12,17 @@ refused, and so is anything that would expand past a size cap (decompression bom
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
+import lzma
 import shutil
 import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -111,6 +114,9 @@ def download(url: str, download_dir: Path, sha256: str | None, timeout: float = 
     The final file appears only once complete (and verified when ``sha256`` is given);
     a checksum mismatch deletes it and fails.
     """
+    # One folder per URL: two URLs with the same file name (``.../v1/data.zip`` and
+    # ``.../v2/data.zip``, or many ``.../download``) must never share a cached file.
+    download_dir = download_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
     download_dir.mkdir(parents=True, exist_ok=True)
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
     final = download_dir / name
@@ -173,12 +179,20 @@ def file_sha256(path: Path) -> str:
 def extract(archive: Path, target: Path, limits: ExtractLimits) -> None:
     """Extract a zip or tar archive into ``target``, refusing anything unsafe."""
     cap = min(limits.max_bytes, int(archive.stat().st_size * limits.max_expansion))
-    if zipfile.is_zipfile(archive):
-        _extract_zip(archive, target, cap)
-    elif tarfile.is_tarfile(archive):
-        _extract_tar(archive, target, cap)
-    else:
-        raise DataError(f"data.source: {archive} is not a zip or tar archive")
+    # is_zipfile alone also says yes to a tar whose last member is a zip (it looks for the
+    # end record near the end of the file): require the zip signature at the start too.
+    with open(archive, "rb") as f:
+        starts_like_zip = f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    try:
+        if starts_like_zip and zipfile.is_zipfile(archive):
+            _extract_zip(archive, target, cap)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(archive, target, cap)
+        else:
+            raise DataError(f"data.source: {archive} is not a zip or tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
+            lzma.LZMAError) as exc:  # truncated or damaged: one line, not a traceback
+        raise DataError(f"data.source: {archive} is corrupt or truncated ({exc})") from None
 
 
 def _safe_member_path(name: str, archive: Path) -> PurePosixPath:

