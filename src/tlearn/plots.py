@@ -24,7 +24,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], path: Path,
                titles: Sequence[Sequence[str]] = ()) -> None:
     """A grid of uint8 RGB images: ``rows[r][c]`` at row r, column c, titled ``titles[r][c]``."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols, 1.9 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.8 * n_cols, 2.2 * n_rows), squeeze=False)
     for r, ax_row in enumerate(axes):
         for c, ax in enumerate(ax_row):
             ax.axis("off")
