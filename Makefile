@@ -10,11 +10,11 @@ unexport MLFLOW_RUN_ID
 .PHONY: run test test-slow bench ui tune retrain clean help
 
 help:
-	@echo "make run        build .venv, then run the DVC pipeline on params.yaml (dvc repro)"
+	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
 	@echo "make test       build .venv, then the test suite (what CI runs)"
 	@echo "make test-slow  the tests marked slow (real data, long training)"
 	@echo "make bench      throughput and memory figures, printed"
-	@echo "make ui         mlflow ui on 127.0.0.1:5000 against the project's store"
+	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# One pipeline execution = one MLflow parent run; the stages DVC runs nest under it.
+# Extra arguments: make run ARGS="-S head.dropout=0.2" (then it is a `dvc exp run`).
 run: $(STAMP)
-	$(BIN)/dvc repro
+	$(BIN)/tlearn run $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -34,9 +36,15 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tlearn.bench
 
+# The embedded store (sqlite:///mlflow.db, artifacts in mlartifacts/) or the database
+# MLFLOW_TRACKING_URI names; a tracking server has its own UI.
+UI_PORT ?= 5000
 ui: $(STAMP)
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
-		--backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --artifacts-destination ./mlartifacts
+	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) \
+		echo "MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI is a tracking server: open it in a browser"; exit 0;; esac; \
+	echo "mlflow ui: http://127.0.0.1:$(UI_PORT)"; \
+	exec $(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
+		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --artifacts-destination ./mlartifacts
 
 clean:
 	rm -rf data models reports/*.png .pytest_cache

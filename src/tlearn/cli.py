@@ -1,7 +1,9 @@
 """The ``tlearn`` command: one subcommand per DVC stage, plus the tools.
 
 Exit codes: 0 success, 1 partial failure (e.g. some images could not be predicted),
-2 bad input (a one-line message naming the params key, file or class), 130 interrupted.
+2 bad input (a one-line message naming the params key, file or class), 3 the MLflow
+tracking store does not answer (one line naming its URI), 130 interrupted. ``tlearn run``
+exits with DVC's code.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 from tlearn import __version__
 from tlearn.errors import TlearnError
+from tlearn.tracking import TrackingUnavailable
 
 log = logging.getLogger("tlearn")
 
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.handler(args)
+    except TrackingUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
     except TlearnError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -56,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a params key for this run, e.g. -S head.dropout=0.2")
         p.set_defaults(handler=_run_stage, stage=name)
 
+    p = sub.add_parser("run", help="the whole pipeline as one MLflow parent run (dvc repro, or "
+                                   "dvc exp run -S ... when parameters are set)")
+    p.add_argument("targets", nargs="*", metavar="STAGE", help="stages to reproduce (default: all)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="run `dvc exp run -S KEY=VALUE` (DVC records an experiment), "
+                        "e.g. -S head.dropout=0.2")
+    p.add_argument("-P", "--project-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="like -S, but an empty VALUE keeps params.yaml's value (MLproject)")
+    p.add_argument("--exp", action="store_true", help="`dvc exp run` even with nothing set")
+    p.add_argument("-n", "--name", help="DVC experiment name (implies --exp)")
+    p.add_argument("--mlflow-project", action="store_true",
+                   help="started by `mlflow run`: its run becomes the parent run (implies --exp)")
+    p.set_defaults(handler=_run_pipeline)
+
+    p = sub.add_parser("promote", help="move the registry alias champion to the challenger if "
+                                       "it beats the champion by tracking.promote_margin")
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params key, e.g. -S tracking.promote_margin=0.01")
+    p.set_defaults(handler=_promote)
+
     p = sub.add_parser("backbones", help="list every backbone: size, input size, weights, offline")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=_backbones)
@@ -72,12 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
-    from tlearn import config
+    from tlearn import config, tracking
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
-    stage = importlib.import_module(f"tlearn.stages.{args.stage}")
-    metrics = stage.run(cfg)
+    # The tracking store is checked before the stage does any work: a dead server fails
+    # the stage within seconds and nothing is written.
+    with tracking.stage_run(args.stage, cfg) as run:
+        stage = importlib.import_module(f"tlearn.stages.{args.stage}")
+        metrics = stage.run(cfg)
+        run.finish(metrics)
     log.debug("%s metrics: %s", args.stage, metrics)
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from tlearn import pipeline
+
+    return pipeline.run(args.set, args.project_param, exp=args.exp,
+                        mlflow_project=args.mlflow_project, targets=args.targets, name=args.name)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from tlearn import config, tracking
+
+    cfg = config.load(args.params, overrides=_parse_overrides(args.set))
+    print(tracking.promote(cfg).line)
     return 0
 
 
