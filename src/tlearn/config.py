@@ -27,6 +27,10 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return {"lo": lo, "hi": hi, "lo_open": lo_open}
 
 
+class _OutOfRange(ConfigError):
+    """The value has the right type but not the range: in a union, this is the message."""
+
+
 @dataclass(frozen=True)
 class Base:
     seed: int = field(metadata=_range(0))
@@ -94,7 +98,7 @@ class Head:
 
 @dataclass(frozen=True)
 class Finetune:
-    unfreeze: int | str
+    unfreeze: int | str = field(metadata=_range(0))  # a layer count, or a layer name
     learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
     epochs: int = field(metadata=_range(0))
     batch_size: int = field(metadata=_range(1))
@@ -212,6 +216,8 @@ def _check(hint: Any, value: Any, path: str, meta: typing.Mapping, source: str) 
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _check(arg, value, path, meta, source)
+            except _OutOfRange:
+                raise
             except ConfigError as exc:
                 errors.append(exc)
         names = " or ".join(_type_name(a) for a in args)
@@ -235,12 +241,14 @@ def _check_scalar(hint: type, value: Any, path: str, meta: typing.Mapping, sourc
     value = hint(value)
     if value != value:  # NaN compares false with every bound: it would pass any range
         raise ConfigError(f"{source}: {path} must be {_type_name(hint)} (got {value!r})")
+    if hint not in (int, float):  # a range bounds numbers (of an int | str, the int)
+        return value
     lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
     if lo is not None and (value < lo or (lo_open and value == lo)):
         bound = f"> {lo}" if lo_open else f">= {lo}"
-        raise ConfigError(f"{source}: {path} must be {bound} (got {value!r})")
+        raise _OutOfRange(f"{source}: {path} must be {bound} (got {value!r})")
     if hi is not None and value > hi:
-        raise ConfigError(f"{source}: {path} must be <= {hi} (got {value!r})")
+        raise _OutOfRange(f"{source}: {path} must be <= {hi} (got {value!r})")
     return value
 
 

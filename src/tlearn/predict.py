@@ -5,12 +5,15 @@ The teaching material starts here: a pretrained VGG16 looks at a photo and says
 takes any of
 
 - ``imagenet:<backbone>``: the backbone's own 1000-class ImageNet classifier;
-- a path to a ``.keras`` model trained by tlearn, with its class names in the
-  ``labels.json`` (a JSON list) beside it;
+- a path to a ``.keras`` model trained by tlearn, with its class names (``labels.json``,
+  a JSON list) and its image preparation (``preprocess.json``) beside it;
 - ``models:/<name>@<alias>``: a model from the MLflow registry (via tlearn.tracking).
 
 Every one of them becomes a :class:`Predictor`: a Keras model that takes raw RGB
-0..255 at a fixed square size and outputs probabilities, plus one label per output.
+0..255 at a fixed square size and outputs probabilities, one label per output, and the
+way to square-ify a new image for it: a tlearn model gets exactly the decode and
+``prepare.resize_mode`` its training images had, an ImageNet classifier the evaluation
+crop it was scored with.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from tlearn.data import images
 from tlearn.errors import TlearnError
 
 log = logging.getLogger(__name__)
@@ -36,13 +40,16 @@ FORMATS = ("table", "json")
 #: Standard ImageNet evaluation crop: resize the short side to size / 0.875, crop the
 #: centre (224 px images come from a 256 px short side).
 CROP_FRACTION = 0.875
+#: The resize mode of ImageNet classifiers; tlearn models use one of images.RESIZE_MODES.
+IMAGENET_RESIZE = "imagenet"
 #: Images decoded and predicted at once: bounds memory for long file lists.
 BATCH_SIZE = 32
 SPEC_HELP = "expected imagenet:<backbone>, a path to a .keras model, or models:/<name>@<alias>"
 
 # Unreadable files raise any of these from Pillow (UnidentifiedImageError is an OSError;
 # some truncated formats still raise SyntaxError).
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_IMAGE_ERRORS = (images.BadImage, OSError, ValueError, SyntaxError,
+                 Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------
@@ -66,15 +73,18 @@ def eval_resize(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode ``path`` as upright RGB, eval-resized to ``size``: float32 (size, size, 3) 0..255.
+def load_image(path: str | Path, size: int, resize_mode: str) -> np.ndarray:
+    """Decode ``path`` as upright RGB and square-ify it to ``size`` by ``resize_mode`` (one
+    of images.RESIZE_MODES, or IMAGENET_RESIZE): float32 (size, size, 3) 0..255.
 
     EXIF orientation is applied because phones store photos sideways with a tag; the
     model should see what a person sees.
     """
+    if resize_mode != IMAGENET_RESIZE:  # the very code prepare ran on the training images
+        return images.load_rgb(Path(path), size, resize_mode,
+                               max_pixels=Image.MAX_IMAGE_PIXELS).astype(np.float32)
     with Image.open(path) as img:
-        upright = ImageOps.exif_transpose(img)
-        rgb = upright.convert("RGB")
+        rgb = images.to_rgb(ImageOps.exif_transpose(img))
     return np.asarray(eval_resize(rgb, size), dtype=np.float32)
 
 
@@ -90,6 +100,7 @@ class Predictor:
     model: object  # keras.Model; typed loosely so this module imports without Keras
     labels: list[str]
     image_size: int
+    resize_mode: str
     source: str
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -97,7 +108,7 @@ class Predictor:
         return np.asarray(self.model.predict(images, batch_size=BATCH_SIZE, verbose=0))
 
     def load_image(self, path: str | Path) -> np.ndarray:
-        return load_image(path, self.image_size)
+        return load_image(path, self.image_size, self.resize_mode)
 
 
 @functools.cache
@@ -130,31 +141,43 @@ def _imagenet_predictor(backbone: str) -> Predictor:
 
     entry = backbones.get(backbone)
     model = backbones.build_classifier(entry.name, weights="imagenet")
-    return Predictor(model, list(imagenet_labels()), entry.default_size, f"imagenet:{entry.name}")
+    return Predictor(model, list(imagenet_labels()), entry.default_size, IMAGENET_RESIZE,
+                     f"imagenet:{entry.name}")
 
 
 def _file_predictor(path: Path) -> Predictor:
-    """A tlearn ``.keras`` model; class names from ``labels.json`` in the same folder."""
+    """A tlearn ``.keras`` model; class names and resize mode from the JSON files beside it."""
     import keras
 
     from tlearn.models import backbones  # noqa: F401  registers Preprocess for loading
 
     if not path.is_file():
         raise TlearnError(f"--model: model file not found: {path}")
-    labels_path = path.with_name("labels.json")
-    if not labels_path.is_file():
-        raise TlearnError(f"--model: {labels_path} not found (the class names of {path.name})")
-    try:
-        labels = json.loads(labels_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TlearnError(f"--model: {labels_path} is not valid JSON ({exc})") from exc
+    labels = _sidecar(path, "labels.json", "the class names")
     if not (isinstance(labels, list) and all(isinstance(name, str) for name in labels)):
-        raise TlearnError(f"--model: {labels_path} must be a JSON list of class names")
+        raise TlearnError(f"--model: {path.with_name('labels.json')} must be a JSON list of "
+                          "class names")
+    preprocess = _sidecar(path, "preprocess.json", "how its images were prepared")
+    resize_mode = preprocess.get("resize_mode") if isinstance(preprocess, dict) else None
+    if resize_mode not in images.RESIZE_MODES:
+        raise TlearnError(f"--model: {path.with_name('preprocess.json')} must give a "
+                          f"resize_mode, one of {', '.join(images.RESIZE_MODES)}")
     try:
         model = keras.saving.load_model(path)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a model we can load"
         raise TlearnError(f"--model: {path} is not a loadable Keras model ({exc})") from exc
-    return _checked(model, labels, str(path))
+    return _checked(model, labels, resize_mode, str(path))
+
+
+def _sidecar(model_path: Path, name: str, what: str):
+    """The JSON file ``name`` in the model's folder, written by train_head beside it."""
+    path = model_path.with_name(name)
+    if not path.is_file():
+        raise TlearnError(f"--model: {path} not found ({what} of {model_path.name})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TlearnError(f"--model: {path} is not valid JSON ({exc})") from exc
 
 
 def _registry_predictor(uri: str) -> Predictor:
@@ -163,11 +186,11 @@ def _registry_predictor(uri: str) -> Predictor:
         raise TlearnError(f"--model {uri!r}: {SPEC_HELP}")
     from tlearn.tracking import load_keras_model
 
-    model, labels = load_keras_model(uri)
-    return _checked(model, list(labels), uri)
+    model, labels, resize_mode = load_keras_model(uri)
+    return _checked(model, labels, resize_mode, uri)
 
 
-def _checked(model, labels: list[str], source: str) -> Predictor:
+def _checked(model, labels: list[str], resize_mode: str, source: str) -> Predictor:
     """Check the model fits the predict contract: square RGB input, one label per output."""
     _, height, width, channels = model.input_shape
     if height is None or height != width or channels != 3:
@@ -177,7 +200,7 @@ def _checked(model, labels: list[str], source: str) -> Predictor:
     if outputs != len(labels):
         raise TlearnError(f"--model {source}: the model has {outputs} outputs "
                           f"but labels.json names {len(labels)} classes")
-    return Predictor(model, labels, int(height), source)
+    return Predictor(model, labels, int(height), resize_mode, source)
 
 
 # --------------------------------------------------------------------------------------

@@ -65,8 +65,8 @@ HISTORIES = {"train_head": ("head", paths.REPORTS / "head_history.csv"),
 MODELS = {"train_head": ("head", paths.HEAD_MODEL), "finetune": ("model", paths.MODEL)}
 #: Files logged beside a stage's reports: stage -> [(file, artifact folder)].
 EXTRA_ARTIFACTS = {"download": [(paths.MANIFEST, "data")],
-                   "train_head": [(paths.LABELS, "models")],
-                   "finetune": [(paths.LABELS, "models")]}
+                   "train_head": [(paths.LABELS, "models"), (paths.PREPROCESS, "models")],
+                   "finetune": [(paths.LABELS, "models"), (paths.PREPROCESS, "models")]}
 #: Prepared splits each stage reads, logged as MLflow dataset inputs.
 DATASETS = {"augment": ("train",), "features": ("train", "validation", "test"),
             "train_head": ("train", "validation"), "finetune": ("train", "validation"),
@@ -233,13 +233,17 @@ def data_sha256() -> str | None:
 
 @functools.cache
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the project in the working directory; (None, None) without git."""
+    """(commit, dirty) of the project in the working directory; (None, None) without git.
+
+    dvc.lock and reports/ do not count as dirty: the pipeline itself rewrites them.
+    """
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                         f":(exclude){DVC_LOCK}", f":(exclude){paths.REPORTS}"))
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, dirty
@@ -551,7 +555,8 @@ def _pip_requirements() -> list[str]:
 
 def log_keras_model(model_path: Path, name: str, step: int = 0) -> Any:
     """Log a tlearn ``.keras`` file to the active run: signature and input example from the
-    prepared test split (raw RGB 0..255 as float32), class names in the metadata."""
+    prepared test split (raw RGB 0..255 as float32); class names and the image preparation
+    (resize mode) in the metadata, so the model can be used on new images on its own."""
     import keras
     from mlflow.models import Model, infer_signature
 
@@ -561,6 +566,7 @@ def log_keras_model(model_path: Path, name: str, step: int = 0) -> Any:
 
     model = keras.saving.load_model(model_path)
     labels = read_json(paths.LABELS)
+    resize_mode = read_json(paths.PREPROCESS)["resize_mode"]
     example = load_split(paths.prepared_split("test")).images[:INPUT_EXAMPLE_SIZE].astype("float32")
     signature = infer_signature(example, model.predict(example, verbose=0))
     flavor = type("tlearn_keras", (), {"__name__": "mlflow.keras",
@@ -570,14 +576,15 @@ def log_keras_model(model_path: Path, name: str, step: int = 0) -> Any:
         artifact_path=None, name=name, flavor=flavor, flavor_name="keras", model=model,
         signature=signature, input_example=example, pip_requirements=_pip_requirements(),
         metadata={"labels": list(labels), "image_size": int(model.input_shape[1]),
-                  "file": model_path.as_posix(), "md5": md5},
+                  "resize_mode": resize_mode, "file": model_path.as_posix(), "md5": md5},
         tags={"tlearn.md5": md5, "tlearn.file": model_path.as_posix()}, step=step)
     log.info("tracking: logged %s as %s", model_path, info.model_uri)
     return info
 
 
 def load_keras_model(uri: str):
-    """``(keras.Model, labels)`` for a model URI such as ``models:/tlearn@champion``."""
+    """``(keras.Model, labels, resize_mode)`` for a model URI such as
+    ``models:/tlearn@champion``."""
     import mlflow
     import mlflow.keras
     from mlflow.models import Model
@@ -593,13 +600,15 @@ def load_keras_model(uri: str):
     mlflow.set_tracking_uri(target)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
-        labels = (Model.load(os.path.join(local, "MLmodel")).metadata or {}).get("labels")
+        metadata = Model.load(os.path.join(local, "MLmodel")).metadata or {}
         model = mlflow.keras.load_model(local)
     except Exception as exc:  # noqa: BLE001 - not found, no such alias, not a Keras model
         raise TlearnError(f"--model {uri}: cannot load it from {target} ({_one_line(exc)})") from exc
-    if not labels:
-        raise TlearnError(f"--model {uri}: the model has no class names (metadata 'labels')")
-    return model, list(labels)
+    for key in ("labels", "resize_mode"):
+        if not metadata.get(key):
+            raise TlearnError(f"--model {uri}: the model was logged without metadata {key!r}; "
+                              "log it again with this version of tlearn")
+    return model, list(metadata["labels"]), metadata["resize_mode"]
 
 
 # --------------------------------------------------------------------------------------
@@ -852,7 +861,7 @@ class PipelineRun:
         _log_datasets(client, run_id, self.cfg, ("train", "validation", "test"))
         reports = [r for stage in stages for r in stage_reports(stage)]
         _log_files(client, run_id, reports, "reports")
-        _log_files(client, run_id, [paths.LABELS], "models")
+        _log_files(client, run_id, [paths.LABELS, paths.PREPROCESS], "models")
         _log_files(client, run_id, [paths.MANIFEST], "data")
         _log_files(client, run_id, [PARAMS_YAML, DVC_LOCK])
 
@@ -953,10 +962,15 @@ def _champion_accuracy(client, name: str, champion, split: str) -> float:
     from tlearn.data.store import load_split
     from tlearn.io import read_json
 
-    model, labels = load_keras_model(f"models:/{name}/{champion.version}")
+    model, labels, resize_mode = load_keras_model(f"models:/{name}/{champion.version}")
     if list(labels) != list(read_json(paths.LABELS)):
         raise TlearnError(f"promote: champion v{champion.version} has other classes than the "
                           f"challenger; they cannot be compared")
+    prepared = read_json(paths.PREPARED_PREPROCESS)
+    if (int(model.input_shape[1]), resize_mode) != (prepared["image_size"], prepared["resize_mode"]):
+        raise TlearnError(f"promote: champion v{champion.version} takes {model.input_shape[1]} px "
+                          f"{resize_mode} images, not the {prepared['image_size']} px "
+                          f"{prepared['resize_mode']} test split; they cannot be compared")
     data = load_split(test)
     predicted = model.predict(data.images.astype("float32"), verbose=0).argmax(axis=1)
     accuracy = float(np.mean(predicted == data.labels))

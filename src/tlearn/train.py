@@ -80,7 +80,11 @@ class EarlyStopping:
 class Checkpoint:
     """Resume state of an epoch loop in ``folder``: the model (with optimizer state) after
     the last finished epoch, the best weights so far, and the loop state. ``fingerprint``
-    ties it to its inputs, so a changed config never resumes a stale run."""
+    ties it to its inputs, so a changed config never resumes a stale run.
+
+    Each save writes new files under new names and only then replaces ``state.json``,
+    which names them: a kill at any instant leaves a state whose files all belong to it.
+    """
 
     folder: Path
     fingerprint: str
@@ -89,28 +93,45 @@ class Checkpoint:
     def __post_init__(self) -> None:
         self.state_file = self.folder / "state.json"
 
-    def load(self) -> tuple[keras.Model, dict] | None:
+    def _state(self) -> dict | None:
+        """The saved state if it is ours; a state of other inputs (or of an older tlearn,
+        which named no files) is not."""
         if not self.state_file.exists():
             return None
         state = json.loads(self.state_file.read_text())
-        if state.get("fingerprint") != self.fingerprint:
+        if state.get("fingerprint") != self.fingerprint or "last" not in state:
             log.info("ignoring checkpoint in %s: made with other inputs", self.folder)
             return None
-        model = keras.saving.load_model(self.folder / "last.keras")
-        return model, state
+        return state
+
+    def load(self) -> tuple[keras.Model, dict] | None:
+        state = self._state()
+        if state is None:
+            return None
+        return keras.saving.load_model(self.folder / state["last"]), state
 
     def save(self, model: keras.Model, state: dict, best_improved: bool) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.folder / "last.keras") as tmp:
+        done = state["epochs_done"]
+        last = f"last-{done}.keras"
+        with atomic_path(self.folder / last) as tmp:
             model.save(tmp)
         if best_improved:
-            with atomic_path(self.folder / "best.weights.h5") as tmp:
+            best = f"best-{done}.weights.h5"
+            with atomic_path(self.folder / best) as tmp:
                 model.save_weights(tmp)
-        with atomic_path(self.state_file) as tmp:  # last: the state names finished work only
-            tmp.write_text(json.dumps({**state, "fingerprint": self.fingerprint}))
+        else:
+            best = (self._state() or {}).get("best")
+        with atomic_path(self.state_file) as tmp:  # the commit point of this epoch
+            tmp.write_text(json.dumps({**state, "fingerprint": self.fingerprint,
+                                       "last": last, "best": best}))
+        # Only now may the previous epoch's files go (and strays of a killed save).
+        for path in self.folder.iterdir():
+            if path.name not in {self.state_file.name, last, best} and path.is_file():
+                path.unlink()
 
     def restore_best(self, model: keras.Model) -> None:
-        model.load_weights(self.folder / "best.weights.h5")
+        model.load_weights(self.folder / self._state()["best"])
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

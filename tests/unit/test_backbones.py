@@ -203,7 +203,8 @@ def test_base_works_nested_behind_preprocess():
                          [("vgg16", 31, 32), ("xception", 70, 71), ("inception_v3", 64, 75),
                           ("efficientnet_lite0", 16, 32)])
 def test_image_size_below_minimum_names_the_key(name, size, minimum):
-    with pytest.raises(TlearnError, match=rf"prepare\.image_size={size}.*minimum {minimum}"):
+    with pytest.raises(TlearnError, match=rf"^params\.yaml: prepare\.image_size is {size}, "
+                                          rf"below the minimum {minimum}"):
         backbones.build_base(name, size, weights="none")
 
 

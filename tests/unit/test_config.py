@@ -53,6 +53,10 @@ def test_overrides_apply_and_are_typed():
     # an int where a float is expected is accepted and becomes a float
     cfg = config.load(PARAMS, overrides={"augment.rotation": 0})
     assert cfg.augment.rotation == 0.0 and isinstance(cfg.augment.rotation, float)
+    # finetune.unfreeze is a layer count (0: none) or the name of the first layer to train
+    assert config.load(PARAMS, overrides={"finetune.unfreeze": 0}).finetune.unfreeze == 0
+    assert config.load(PARAMS, overrides={"finetune.unfreeze": "top_conv"}).finetune.unfreeze \
+        == "top_conv"
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -72,6 +76,11 @@ def test_overrides_apply_and_are_typed():
     ({"prepare.resize_mode": "zoom"}, BAD_CHOICE),
     ({"prepare": "big"}, "params.yaml: prepare must be a mapping (got 'big')"),
     ({"data.source": ""}, "params.yaml: data.source must be a non-empty string"),
+    ({"finetune.unfreeze": -5}, "params.yaml: finetune.unfreeze must be >= 0 (got -5)"),
+    ({"finetune.unfreeze": ""}, "params.yaml: finetune.unfreeze must be an integer or a "
+                                "non-empty string (got '')"),
+    ({"finetune.unfreeze": 2.5}, "params.yaml: finetune.unfreeze must be an integer or a "
+                                 "non-empty string (got 2.5)"),
     ({"prepare.image_size.x": 1}, "params.yaml: cannot set prepare.image_size.x: "
                                   "prepare.image_size is not a mapping"),
 ])
@@ -127,6 +136,8 @@ def test_cli_override_typing_and_bad_pairs(project, capsys):
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert cli.main(["augment", "-S", "augment.copies=-1"]) == 2
     assert capsys.readouterr().err == "params.yaml: augment.copies must be >= 0 (got -1)\n"
+    assert cli.main(["finetune", "-S", "finetune.unfreeze=-5"]) == 2
+    assert capsys.readouterr().err == "params.yaml: finetune.unfreeze must be >= 0 (got -5)\n"
     assert cli.main(["download", "--params", "nowhere.yaml"]) == 2
     assert "nowhere.yaml: not found" in capsys.readouterr().err
     assert not (project / "data").exists() and not (project / "reports").exists()

@@ -16,6 +16,7 @@ from PIL import Image
 keras = pytest.importorskip("keras")
 
 from tlearn import predict  # noqa: E402
+from tlearn.data.images import load_rgb  # noqa: E402
 from tlearn.errors import TlearnError  # noqa: E402
 from tlearn.models.backbones import Preprocess  # noqa: E402
 
@@ -101,7 +102,7 @@ def test_imagenet_labels_are_keras_style():
 
 def _tiny_colour_model(folder: Path, labels=COLOURS) -> Path:
     """A .keras model as tlearn saves them (raw RGB in, probabilities out) that names
-    the dominant colour of an 8 x 8 image, with labels.json beside it."""
+    the dominant colour of an 8 x 8 image, with labels.json and preprocess.json beside it."""
     inputs = keras.Input((8, 8, 3))
     x = Preprocess("tf")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -112,6 +113,7 @@ def _tiny_colour_model(folder: Path, labels=COLOURS) -> Path:
     path = folder / "model.keras"
     keras.Model(inputs, outputs).save(path)
     (folder / "labels.json").write_text(json.dumps(labels))
+    (folder / "preprocess.json").write_text(json.dumps({"image_size": 8, "resize_mode": "crop"}))
     return path
 
 
@@ -140,6 +142,30 @@ def test_top_is_capped_by_the_number_of_classes(tmp_path):
     assert len(json.loads(out)[0]["predictions"]) == 3
 
 
+@pytest.mark.parametrize("mode", ["crop", "pad", "warp"])
+def test_trained_model_sees_images_as_prepare_made_them(tmp_path, mode):
+    model = _tiny_colour_model(tmp_path / "models")
+    (tmp_path / "models" / "preprocess.json").write_text(
+        json.dumps({"image_size": 8, "resize_mode": mode}))
+    image = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (10, 30, 3), np.uint8)).save(image)
+    predictor = predict.load_predictor(str(model))
+    assert predictor.resize_mode == mode
+    np.testing.assert_array_equal(predictor.load_image(image),
+                                  load_rgb(image, 8, mode, max_pixels=10**6))
+
+
+def test_keras_model_without_preprocess_json_is_a_bad_spec(tmp_path):
+    model = _tiny_colour_model(tmp_path / "models")
+    (tmp_path / "models" / "preprocess.json").write_text(json.dumps({"resize_mode": "zoom"}))
+    code, out, err = _run([_solid(tmp_path / "r.png", (255, 0, 0))], str(model))
+    assert code == 2 and out == ""
+    assert "preprocess.json must give a resize_mode" in err and len(err.splitlines()) == 1
+    (tmp_path / "models" / "preprocess.json").unlink()
+    code, _, err = _run([_solid(tmp_path / "r.png", (255, 0, 0))], str(model))
+    assert code == 2 and "preprocess.json not found" in err
+
+
 @pytest.mark.parametrize("labels", [None, ["only", "two"]])
 def test_keras_model_without_matching_labels_is_a_bad_spec(tmp_path, labels):
     model = _tiny_colour_model(tmp_path / "models")
@@ -159,7 +185,7 @@ def test_registry_uri_is_delegated_to_tracking(tmp_path, monkeypatch):
 
     def load_keras_model(uri):
         calls.append(uri)
-        return model, ["rot", "gruen", "blau"]
+        return model, ["rot", "gruen", "blau"], "crop"
 
     fake = types.ModuleType("tlearn.tracking")
     fake.load_keras_model = load_keras_model
@@ -212,7 +238,7 @@ def test_load_image_applies_exif_orientation_and_rgb(tmp_path):
     exif[0x0112] = 6
     path = tmp_path / "sideways.jpg"
     img.save(path, exif=exif, quality=100)
-    pixels = predict.load_image(path, 8)  # shown 8 wide x 16 high, then centre-cropped
+    pixels = predict.load_image(path, 8, predict.IMAGENET_RESIZE)  # 8 wide x 16 high, cropped
     assert pixels.shape == (8, 8, 3) and pixels.dtype == np.float32
     # after turning clockwise the white half is on the right
     assert pixels[:, :3].mean() < 30 and pixels[:, 5:].mean() > 225

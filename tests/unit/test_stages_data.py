@@ -14,7 +14,8 @@ from PIL import Image
 from conftest import image_folder, make_config
 from tlearn import paths
 from tlearn.data.images import load_rgb
-from tlearn.data.store import Split, load_split, save_split
+from tlearn.data.store import Split, check_preprocess, load_split, save_split
+from tlearn.errors import DataError
 from tlearn.io import read_json
 from tlearn.stages import download, prepare
 
@@ -44,7 +45,12 @@ def test_prepare_outputs(prepared):
     classes = sorted(UNEVEN)
     assert read_json(paths.PREPARED / "labels.json") == classes
     assert sorted(p.name for p in paths.PREPARED.iterdir()) == [
-        "labels.json", "test.npz", "train.npz", "validation.npz"]
+        "labels.json", "preprocess.json", "test.npz", "train.npz", "validation.npz"]
+    # later stages check the prepared images against params.yaml before using them
+    check_preprocess(paths.PREPARED_PREPROCESS, 16, "crop")
+    with pytest.raises(DataError, match=r"^data/prepared holds 16 px crop images but "
+                                        r"params.yaml asks for 32 px crop: run `tlearn prepare`"):
+        check_preprocess(paths.PREPARED_PREPROCESS, 32, "crop")
     data = _load_all()
     total = sum(UNEVEN.values())
     assert metrics == {"n_images": total, "n_quarantined": 0, "n_duplicates": 0, "n_classes": 3,

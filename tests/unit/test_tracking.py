@@ -155,6 +155,22 @@ def test_data_sha256_is_the_archives_or_a_digest_of_every_raw_file(project):
     assert tracking.data_sha256() == "f" * 64                           # an archive's own
 
 
+def test_git_dirty_ignores_what_the_pipeline_itself_rewrites(project):
+    def git(*args):
+        subprocess.run(["git", *args], check=True, capture_output=True)
+    git("init", "-q")
+    for name in ("dvc.lock", "reports/evaluate.json", "src.py"):
+        Path(name).parent.mkdir(exist_ok=True)
+        Path(name).write_text("v1")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    Path("dvc.lock").write_text("v2")
+    Path("reports/evaluate.json").write_text("v2")
+    assert tracking.git_state.__wrapped__()[1] is False
+    Path("src.py").write_text("v2")
+    assert tracking.git_state.__wrapped__()[1] is True
+
+
 def test_datasets_come_from_npz_headers_with_the_file_digest(project):
     images = np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3)
     paths.PREPARED.mkdir(parents=True)
@@ -290,22 +306,41 @@ def test_promote_refuses_to_compare_accuracies_from_different_test_splits(regist
     assert registry.aliases()["champion"] == 2
 
 
-def test_promote_measures_the_champion_on_the_local_test_split(registry, monkeypatch):
+class HalfRight:
+    """A champion that predicts class 0 for every 8 px image: 2 of the 4 below right."""
+    input_shape = (None, 8, 8, 3)
+
+    def predict(self, x, verbose=0):
+        return np.tile([0.9, 0.1], (len(x), 1))
+
+
+def _local_test_split() -> str:
+    """A prepared 8 px crop test split of 4 images and 2 classes; returns its digest."""
     images = np.zeros((4, 8, 8, 3), np.uint8)
     labels = np.array([0, 1, 0, 1])
     paths.PREPARED.mkdir(parents=True)
     save_split(paths.prepared_split("test"), Split(images, labels, np.array(["f"] * 4)))
+    paths.PREPARED_PREPROCESS.write_text(json.dumps({"image_size": 8, "resize_mode": "crop"}))
     paths.MODELS.mkdir()
     paths.LABELS.write_text(json.dumps(["a", "b"]))
-    split = tracking.file_digest(paths.prepared_split("test"))
+    return tracking.file_digest(paths.prepared_split("test"))
 
-    class HalfRight:  # predicts class 0 for everything: 2 of 4 right
-        def predict(self, x, verbose=0):
-            return np.tile([0.9, 0.1], (len(x), 1))
 
+def test_promote_refuses_a_champion_made_for_other_images(registry, monkeypatch):
+    split = _local_test_split()
+    monkeypatch.setattr(tracking, "load_keras_model", lambda uri: (HalfRight(), ["a", "b"], "pad"))
+    registry.add(0.9, "c" * 64)
+    tracking.promote(registry.cfg)
+    registry.add(0.75, split)
+    with pytest.raises(TlearnError, match="takes 8 px pad images, not the 8 px crop test split"):
+        tracking.promote(registry.cfg)
+
+
+def test_promote_measures_the_champion_on_the_local_test_split(registry, monkeypatch):
+    split = _local_test_split()
     loaded = []
     monkeypatch.setattr(tracking, "load_keras_model",
-                        lambda uri: loaded.append(uri) or (HalfRight(), ["a", "b"]))
+                        lambda uri: loaded.append(uri) or (HalfRight(), ["a", "b"], "crop"))
     registry.add(0.9, "c" * 64)
     tracking.promote(registry.cfg)
     registry.add(0.75, split)                     # champion on this split: 0.5 -> promoted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -68,6 +70,53 @@ def test_checkpoint_resumes_after_a_crash(tmp_path):
     assert [row["epoch"] for row in history] == [10, 11, 12, 13, 14]
     best = min(history, key=lambda row: row["val_loss"])
     assert model.evaluate(val, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_checkpoint_killed_between_model_and_state_resumes_the_last_complete_epoch(
+        tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    data, val = tiny_problem()
+    checkpoint = train.Checkpoint(tmp_path / "ckpt", fingerprint="abc")
+    real_atomic_path, state_writes = train.atomic_path, []
+
+    @contextlib.contextmanager
+    def killed_before_the_third_state(target):
+        if target.name == "state.json":
+            state_writes.append(target)
+            if len(state_writes) == 3:  # epoch 3's files are written, its state is not
+                raise Killed
+        with real_atomic_path(target) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(train, "atomic_path", killed_before_the_third_state)
+    with pytest.raises(Killed):
+        train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10, checkpoint=checkpoint)
+    monkeypatch.undo()
+    for newer in ("last-3.keras", "best-3.weights.h5"):  # what the old layout tore on
+        assert (checkpoint.folder / newer).exists()
+
+    model, state = checkpoint.load()
+    assert (state["epochs_done"], state["last"]) == (2, "last-2.keras")
+    epoch_2, epoch_3 = (model.evaluate(val, verbose=0)[0],
+                        keras.saving.load_model(checkpoint.folder / "last-3.keras")
+                        .evaluate(val, verbose=0)[0])
+    assert epoch_2 == pytest.approx(state["history"][-1]["val_loss"], rel=1e-4)
+    assert epoch_3 != pytest.approx(epoch_2, rel=1e-4)
+    checkpoint.restore_best(model)
+    assert model.evaluate(val, verbose=0)[0] == pytest.approx(
+        min(row["val_loss"] for row in state["history"]), rel=1e-4)
+
+    epochs_run = []
+    model, history = train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10,
+                                      checkpoint=checkpoint,
+                                      on_epoch=lambda row: epochs_run.append(row["epoch"]))
+    assert epochs_run == [3, 4, 5]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    best = min(history, key=lambda row: row["val_loss"])
+    assert model.evaluate(val, verbose=0)[0] == pytest.approx(best["val_loss"], rel=1e-4)
+    state = checkpoint.load()[1]
+    assert sorted(p.name for p in checkpoint.folder.iterdir()) == sorted(
+        {"state.json", state["last"], state["best"]})  # superseded and stray files are gone
 
 
 def test_checkpoint_from_other_inputs_is_ignored(tmp_path):

@@ -1,5 +1,9 @@
 """Prepared splits on disk: one uncompressed ``.npz`` per split (uint8 images, int labels,
-source file names). Uncompressed so reading is a plain memory copy (see ``make bench``)."""
+source file names). Uncompressed so reading is a plain memory copy (see ``make bench``).
+
+``preprocess.json`` beside them records how the images were made (size and resize mode):
+later stages check it against params.yaml, and it travels with the trained model so
+``tlearn predict`` square-ifies new images exactly as the training images were."""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tlearn.errors import DataError
+from tlearn.io import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -27,3 +34,18 @@ def save_split(path: Path, split: Split) -> None:
 def load_split(path: Path) -> Split:
     with np.load(path, allow_pickle=False) as data:
         return Split(images=data["images"], labels=data["labels"], files=data["files"])
+
+
+def save_preprocess(path: Path, image_size: int, resize_mode: str) -> None:
+    write_json(path, {"image_size": image_size, "resize_mode": resize_mode})
+
+
+def check_preprocess(path: Path, image_size: int, resize_mode: str) -> None:
+    """Fail in one line when the prepared images are not what params.yaml now asks for
+    (a stage run by hand after editing ``prepare`` without rerunning prepare)."""
+    made = read_json(path)
+    wanted = {"image_size": image_size, "resize_mode": resize_mode}
+    if made != wanted:
+        raise DataError(f"{path.parent} holds {made['image_size']} px {made['resize_mode']} "
+                        f"images but params.yaml asks for {image_size} px {resize_mode}: "
+                        "run `tlearn prepare` (or `dvc repro`)")

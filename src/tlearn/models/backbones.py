@@ -351,7 +351,7 @@ def _weights_argument(entry: Backbone, weights: str | os.PathLike | None) -> str
 
 def _check_size(entry: Backbone, image_size: int) -> None:
     if image_size < entry.min_size:
-        raise TlearnError(f"prepare.image_size={image_size} is below the minimum "
+        raise TlearnError(f"params.yaml: prepare.image_size is {image_size}, below the minimum "
                           f"{entry.min_size} of backbone {entry.name} "
                           f"(its default is {entry.default_size})")
 

@@ -10,7 +10,7 @@ import keras
 
 from tlearn import features, paths
 from tlearn.config import Config
-from tlearn.data.store import load_split
+from tlearn.data.store import check_preprocess, load_split
 from tlearn.io import atomic_path, write_json
 from tlearn.models.head import build_extractor
 
@@ -21,6 +21,7 @@ SOURCES = {"train": paths.prepared_split("train"), "augmented": paths.AUGMENTED 
 
 
 def run(cfg: Config) -> dict:
+    check_preprocess(paths.PREPARED_PREPROCESS, cfg.prepare.image_size, cfg.prepare.resize_mode)
     keras.utils.set_random_seed(cfg.base.seed)  # also makes `weights: none` bases repeatable
     extractor = build_extractor(cfg.model.backbone, cfg.prepare.image_size, cfg.model.weights,
                                 cfg.head.pooling)

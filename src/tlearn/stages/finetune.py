@@ -31,9 +31,10 @@ def run(cfg: Config) -> dict:
         model, train.make_optimizer(cfg.head.optimizer, cfg.finetune.learning_rate,
                                     cfg.head.momentum), cfg.head.label_smoothing)
     params = count_params(model)
-    log.info("fine-tune phase: %d layers of %s train; %s trainable, %s non-trainable parameters",
-             len(trained_layers), base.name, f"{params['trainable_params']:,}",
-             f"{params['non_trainable_params']:,}")
+    log.info("fine-tune phase: unfreeze %s of the %d layers of %s, %d of them with weights "
+             "that train (BatchNorm stays frozen); %s trainable, %s non-trainable parameters",
+             cfg.finetune.unfreeze, len(base.layers), base.name, len(trained_layers),
+             f"{params['trainable_params']:,}", f"{params['non_trainable_params']:,}")
 
     train_split, val_split = load_split(paths.prepared_split("train")), \
         load_split(paths.prepared_split("validation"))

@@ -1,4 +1,5 @@
-"""prepare stage: data/raw -> data/prepared/{train,validation,test}.npz + labels.json.
+"""prepare stage: data/raw -> data/prepared/{train,validation,test}.npz, labels.json and
+preprocess.json.
 
 Every file is decoded and validated (bad ones are quarantined in reports/prepare.json
 with the reason, never fatal), exact duplicates are dropped so no image sits in two
@@ -24,7 +25,7 @@ from tlearn import paths
 from tlearn.config import Config
 from tlearn.data import splits
 from tlearn.data.images import BadImage, load_rgb
-from tlearn.data.store import Split, save_split
+from tlearn.data.store import Split, save_preprocess, save_split
 from tlearn.errors import DataError
 from tlearn.io import atomic_path, read_json, write_json
 
@@ -67,6 +68,8 @@ def run(cfg: Config) -> dict:
             per_class = Counter(it.label for it in members)
             counts[split] = {c: per_class[c] for c in classes}
         write_json(tmp / "labels.json", classes)
+        save_preprocess(tmp / paths.PREPARED_PREPROCESS.name, cfg.prepare.image_size,
+                        cfg.prepare.resize_mode)
 
     for q in quarantined:
         log.warning("quarantined %s: %s", q["file"], q["reason"])

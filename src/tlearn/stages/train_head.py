@@ -1,5 +1,6 @@
 """train_head stage: the new head on the cached features of the frozen base, then the
-base and head joined into one model taking raw RGB -> models/head.keras."""
+base and head joined into one model taking raw RGB -> models/head.keras, with the class
+names (labels.json) and the image preparation (preprocess.json) beside it."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def run(cfg: Config) -> dict:
     with atomic_path(paths.HEAD_MODEL) as tmp:
         model.save(tmp)
     write_json(paths.LABELS, labels)
+    write_json(paths.PREPROCESS, read_json(paths.PREPARED_PREPROCESS))
     write_csv(HISTORY, history)
     best = min(history, key=lambda row: row["val_loss"])
     metrics = {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
