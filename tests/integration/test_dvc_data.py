@@ -115,7 +115,7 @@ def test_repro_then_nothing_then_only_augment(repo):
     unchanged = {k: v for k, v in after.items() if k.startswith(("data/raw/", "data/prepared/"))
                  or k == "reports/prepare.json"}
     assert unchanged == {k: v for k, v in before.items() if k in unchanged}
-    assert len(unchanged) == 36 + 1 + 4 + 1  # images + manifest, 3 npz + labels, report
+    assert len(unchanged) == 36 + 1 + 5 + 1  # images + manifest, 3 npz + 2 json, report
     assert after["data/augmented/train.npz"] != before["data/augmented/train.npz"]
     augmented = load_split(repo / "data" / "augmented" / "train.npz")
     assert augmented.images.shape == (24, 32, 32, 3)
