@@ -51,6 +51,9 @@ def test_prepare_outputs(prepared):
     with pytest.raises(DataError, match=r"^data/prepared holds 16 px crop images but "
                                         r"params.yaml asks for 32 px crop: run `tlearn prepare`"):
         check_preprocess(paths.PREPARED_PREPROCESS, 32, "crop")
+    paths.PREPARED_PREPROCESS.unlink()  # data prepared by an older tlearn
+    with pytest.raises(DataError, match=r"preprocess.json not found: run `tlearn prepare`"):
+        check_preprocess(paths.PREPARED_PREPROCESS, 16, "crop")
     data = _load_all()
     total = sum(UNEVEN.values())
     assert metrics == {"n_images": total, "n_quarantined": 0, "n_duplicates": 0, "n_classes": 3,

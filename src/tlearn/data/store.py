@@ -40,10 +40,16 @@ def save_preprocess(path: Path, image_size: int, resize_mode: str) -> None:
     write_json(path, {"image_size": image_size, "resize_mode": resize_mode})
 
 
+def load_preprocess(path: Path) -> dict:
+    if not path.is_file():  # prepared by an older tlearn, or not at all
+        raise DataError(f"{path} not found: run `tlearn prepare` (or `dvc repro -f prepare`)")
+    return read_json(path)
+
+
 def check_preprocess(path: Path, image_size: int, resize_mode: str) -> None:
     """Fail in one line when the prepared images are not what params.yaml now asks for
     (a stage run by hand after editing ``prepare`` without rerunning prepare)."""
-    made = read_json(path)
+    made = load_preprocess(path)
     wanted = {"image_size": image_size, "resize_mode": resize_mode}
     if made != wanted:
         raise DataError(f"{path.parent} holds {made['image_size']} px {made['resize_mode']} "

@@ -10,6 +10,7 @@ import keras
 
 from tlearn import features, paths, train
 from tlearn.config import Config
+from tlearn.data.store import load_preprocess
 from tlearn.io import atomic_path, read_json, write_csv, write_json
 from tlearn.models.head import assemble, build_head, count_params
 
@@ -43,7 +44,7 @@ def run(cfg: Config) -> dict:
     with atomic_path(paths.HEAD_MODEL) as tmp:
         model.save(tmp)
     write_json(paths.LABELS, labels)
-    write_json(paths.PREPROCESS, read_json(paths.PREPARED_PREPROCESS))
+    write_json(paths.PREPROCESS, load_preprocess(paths.PREPARED_PREPROCESS))
     write_csv(HISTORY, history)
     best = min(history, key=lambda row: row["val_loss"])
     metrics = {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
