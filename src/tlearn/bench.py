@@ -20,6 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tlearn import paths
+from tlearn.io import read_json
+from tlearn.stages import prepare
+
 REPO = Path(__file__).resolve().parents[2]
 CATS_AND_DOGS = REPO.parent / "shared" / "datasets" / "cats_and_dogs"
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -40,8 +44,7 @@ def bench_prepare(source: Path = CATS_AND_DOGS, image_size: int = 160) -> Path:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    n = sum(np.load(work / "data/prepared" / f"{s}.npz")["labels"].size
-            for s in ("train", "validation", "test"))
+    n = read_json(work / prepare.REPORT)["n_images"]
     print(f"prepare   {n} images at {image_size} px: {seconds:.1f} s "
           f"({n / seconds:.0f} images/s, {os.cpu_count()} processes), "
           f"peak memory {peak_mb:.0f} MB (largest process)")
@@ -90,7 +93,7 @@ def _timed(fn) -> float:
 def main() -> None:
     if CATS_AND_DOGS.is_dir():
         work = bench_prepare()
-        bench_read(work / "data/prepared")
+        bench_read(work / paths.PREPARED)
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"prepare   skipped: {CATS_AND_DOGS} not found")

@@ -148,21 +148,13 @@ def _backbones(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tlearn import predict
 
-    if args.top < 1:
-        raise TlearnError(f"--top must be at least 1 (got {args.top})")
     return predict.run(args.images, args.model, top=args.top, fmt=args.format)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
-    import yaml
+    from tlearn import config
 
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise TlearnError(f"-S {pair!r}: expected KEY=VALUE, e.g. -S head.dropout=0.2")
-        overrides[key] = yaml.safe_load(value)  # same typing as params.yaml and `dvc exp run -S`
-    return overrides
+    return config.typed_overrides(config.parse_sets(pairs))
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -147,6 +147,25 @@ def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None
     return from_dict(raw, source=path.name)
 
 
+def parse_sets(pairs: list[str], keep_empty: bool = True) -> list[tuple[str, str]]:
+    """``["head.dropout=0.2"]`` -> ``[("head.dropout", "0.2")]``; with ``keep_empty=False``
+    an empty value is dropped (the MLproject default: keep params.yaml's value)."""
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"-S {pair!r}: expected KEY=VALUE, e.g. -S head.dropout=0.2")
+        if value.strip() or keep_empty:
+            out.append((key, value))
+    return out
+
+
+def typed_overrides(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Values typed as YAML, as params.yaml and ``dvc exp run -S`` type them."""
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
 def from_dict(raw: dict[str, Any], source: str = "params.yaml") -> Config:
     return _build(Config, raw, prefix="", source=source)
 
@@ -212,14 +231,13 @@ def _check(hint: Any, value: Any, path: str, meta: typing.Mapping, source: str) 
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _check(arg, value, path, meta, source)
             except _OutOfRange:
                 raise
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         names = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"{source}: {path} must be {names} (got {value!r})")
     if origin is list:

@@ -12,7 +12,6 @@ import numpy as np
 
 from tlearn import paths
 
-SPLITS = ("train", "augmented", "validation", "test")
 EXTRACTOR = paths.FEATURES / "extractor.keras"
 
 

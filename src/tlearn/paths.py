@@ -7,6 +7,7 @@ RAW = DATA / "raw"
 MANIFEST = RAW / "manifest.json"
 DOWNLOADS = DATA / "downloads"          # resumable download cache, not a DVC output
 PREPARED = DATA / "prepared"
+PREPARED_LABELS = PREPARED / "labels.json"
 PREPARED_PREPROCESS = PREPARED / "preprocess.json"  # image size and resize mode of the splits
 AUGMENTED = DATA / "augmented"
 FEATURES = DATA / "features"

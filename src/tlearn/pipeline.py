@@ -17,23 +17,11 @@ import sys
 from pathlib import Path
 
 from tlearn import config, tracking
-from tlearn.errors import TlearnError
+from tlearn.config import parse_sets
 
 log = logging.getLogger(__name__)
 
 
-def parse_sets(pairs: list[str], keep_empty: bool = True) -> list[tuple[str, str]]:
-    """``["head.dropout=0.2"]`` -> ``[("head.dropout", "0.2")]``; with ``keep_empty=False``
-    an empty value is dropped (the MLproject default: keep params.yaml's value)."""
-    out = []
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise TlearnError(f"-S {pair!r}: expected KEY=VALUE, e.g. -S head.dropout=0.2")
-        if value.strip() or keep_empty:
-            out.append((key, value))
-    return out
 
 
 def dvc_command(sets: list[tuple[str, str]], exp: bool, targets: list[str],
@@ -60,10 +48,7 @@ def run(sets: list[str], project_params: list[str], exp: bool = False,
         name: str | None = None) -> int:
     """Run the pipeline under one parent run; returns DVC's exit code."""
     pairs = parse_sets(sets) + parse_sets(project_params, keep_empty=False)
-    import yaml
-
-    overrides = {key: yaml.safe_load(value) for key, value in pairs}
-    cfg = config.load(config.PARAMS_FILE, overrides=overrides)  # bad -S: one line, exit 2
+    cfg = config.load(config.PARAMS_FILE, overrides=config.typed_overrides(pairs))  # bad -S: one line, exit 2
     pipeline = tracking.start_pipeline(cfg, mlflow_project=mlflow_project)
     env = (pipeline.child_env(os.environ) if pipeline else
            {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"})

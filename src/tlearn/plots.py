@@ -35,8 +35,15 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], path: Path,
     save(fig, path)
 
 
-def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path,
-                     title: str = "Confusion matrix (test)") -> None:
+def labelled_images(images: Sequence[np.ndarray], titles: Sequence[str], path: Path,
+                    per_row: int = 4) -> None:
+    """Images with a title each, ``per_row`` to a row (the worst mistakes of evaluate)."""
+    starts = range(0, len(images), per_row)
+    image_grid([images[s:s + per_row] for s in starts], path,
+               titles=[titles[s:s + per_row] for s in starts])
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path) -> None:
     matrix = np.asarray(matrix)
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -45,7 +52,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], pat
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title("Confusion matrix (test)")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (r, c), value in np.ndenumerate(matrix):
         ax.text(c, r, str(value), ha="center", va="center", fontsize=8,

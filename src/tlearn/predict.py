@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from tlearn.data import images
 from tlearn.errors import TlearnError
+from tlearn.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _file_predictor(path: Path) -> Predictor:
                           "class names")
     preprocess = _sidecar(path, "preprocess.json", "how its images were prepared")
     resize_mode = preprocess.get("resize_mode") if isinstance(preprocess, dict) else None
-    if resize_mode not in images.RESIZE_MODES:
+    if resize_mode not in images.RESIZE_MODES:  # checked here to name the file to fix
         raise TlearnError(f"--model: {path.with_name('preprocess.json')} must give a "
                           f"resize_mode, one of {', '.join(images.RESIZE_MODES)}")
     try:
@@ -175,7 +176,7 @@ def _sidecar(model_path: Path, name: str, what: str):
     if not path.is_file():
         raise TlearnError(f"--model: {path} not found ({what} of {model_path.name})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except (OSError, ValueError) as exc:
         raise TlearnError(f"--model: {path} is not valid JSON ({exc})") from exc
 
@@ -191,7 +192,11 @@ def _registry_predictor(uri: str) -> Predictor:
 
 
 def _checked(model, labels: list[str], resize_mode: str, source: str) -> Predictor:
-    """Check the model fits the predict contract: square RGB input, one label per output."""
+    """Check the model fits the predict contract: square RGB input, one label per output,
+    a known resize mode."""
+    if resize_mode not in images.RESIZE_MODES:
+        raise TlearnError(f"--model {source}: unknown resize_mode {resize_mode!r}, expected "
+                          f"one of {', '.join(images.RESIZE_MODES)}")
     _, height, width, channels = model.input_shape
     if height is None or height != width or channels != 3:
         raise TlearnError(f"--model {source}: expected a square RGB input of fixed size, "

@@ -42,6 +42,7 @@ import yaml
 from tlearn import paths
 from tlearn.config import Config, to_flat_dict
 from tlearn.errors import TlearnError
+from tlearn.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,16 @@ def history_metrics(prefix: str, rows: list[dict]) -> list[tuple[str, float, int
     return out
 
 
-def dvc_stage(stage: str, dvc_yaml: Path = DVC_YAML) -> dict:
+def _dvc_stages(dvc_yaml: Path) -> dict:
+    """dvc.yaml's ``stages`` mapping ({} when the file is missing or unreadable)."""
     try:
-        return (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(stage) or {}
+        return (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
     except (OSError, yaml.YAMLError):
         return {}
+
+
+def dvc_stage(stage: str, dvc_yaml: Path = DVC_YAML) -> dict:
+    return _dvc_stages(dvc_yaml).get(stage) or {}
 
 
 def stage_param_keys(stage: str, dvc_yaml: Path = DVC_YAML) -> list[str] | None:
@@ -170,10 +176,7 @@ def stage_reports(stage: str, dvc_yaml: Path = DVC_YAML) -> list[Path]:
 
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:
-    try:
-        return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
-    except (OSError, yaml.YAMLError):
-        return []
+    return list(_dvc_stages(dvc_yaml))
 
 
 def lock_hashes(dvc_lock: Path = DVC_LOCK) -> dict[str, str]:
@@ -190,14 +193,6 @@ def lock_hashes(dvc_lock: Path = DVC_LOCK) -> dict[str, str]:
             if digest and not path.startswith(paths.REPORTS.name + "/"):
                 hashes[path] = str(digest)
     return hashes
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def data_sha256() -> str | None:
@@ -444,7 +439,7 @@ def _log_metrics(client, run_id: str, metrics: list[tuple[str, float, int]],
         client.log_batch(run_id, metrics=items[start:start + 1000])
 
 
-def _log_histories(client, run_id: str, stages: list[str]) -> int:
+def _log_histories(client, run_id: str, stages: list[str]) -> None:
     from tlearn.io import read_csv
 
     rows = []
@@ -453,7 +448,6 @@ def _log_histories(client, run_id: str, stages: list[str]) -> int:
         if csv_path.is_file():
             rows += history_metrics(prefix, read_csv(csv_path))
     _log_metrics(client, run_id, rows)
-    return len(rows)
 
 
 def _log_files(client, run_id: str, files: list[Path], artifact_path: str | None = None) -> None:
@@ -553,7 +547,7 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def log_keras_model(model_path: Path, name: str, step: int = 0) -> Any:
+def log_keras_model(model_path: Path, name: str) -> Any:
     """Log a tlearn ``.keras`` file to the active run: signature and input example from the
     prepared test split (raw RGB 0..255 as float32); class names and the image preparation
     (resize mode) in the metadata, so the model can be used on new images on its own."""
@@ -577,7 +571,7 @@ def log_keras_model(model_path: Path, name: str, step: int = 0) -> Any:
         signature=signature, input_example=example, pip_requirements=_pip_requirements(),
         metadata={"labels": list(labels), "image_size": int(model.input_shape[1]),
                   "resize_mode": resize_mode, "file": model_path.as_posix(), "md5": md5},
-        tags={"tlearn.md5": md5, "tlearn.file": model_path.as_posix()}, step=step)
+        tags={"tlearn.md5": md5, "tlearn.file": model_path.as_posix()})
     log.info("tracking: logged %s as %s", model_path, info.model_uri)
     return info
 
@@ -618,8 +612,6 @@ def load_keras_model(uri: str):
 
 class _NoRun:
     """Tracking switched off (``tracking.required: false`` and the store is down)."""
-
-    run_id = None
 
     def finish(self, metrics: Mapping[str, Any]) -> None:
         pass
@@ -692,8 +684,8 @@ class StageRun:
             model_id = self._register(metrics)
         _log_metrics(client, run_id, [(metric_name(stage, k), v, 0)
                                       for k, v in numeric_items(metrics).items()], model_id)
-        # Refresh the tags that depend on files the stage may just have written.
-        if sha := data_sha256():
+        # download may just have written the data: refresh its digest tag.
+        if stage == "download" and (sha := data_sha256()):
             client.set_tag(run_id, "data.sha256", sha)
 
     def _register(self, metrics: Mapping[str, Any]) -> str | None:
@@ -810,24 +802,24 @@ class PipelineRun:
         out["MLFLOW_TRACKING_URI"] = self.store.uri
         return out
 
-    def finish(self, returncode: int, exp_name: str | None = None) -> None:
+    def finish(self, returncode: int) -> None:
         """Log the complete picture (whatever DVC ran or skipped) and end the run
         (``tracking.required`` decides whether a failure to log is an error)."""
         try:
-            self._finish(returncode, exp_name)
+            self._finish(returncode)
         except TlearnError:
             raise
         except Exception as exc:  # noqa: BLE001
             _unavailable(self.cfg, self.store.uri, exc)
 
-    def _finish(self, returncode: int, exp_name: str | None) -> None:
+    def _finish(self, returncode: int) -> None:
         client, run_id = self.client, self.run_id
         try:
-            exp_name = exp_name or client.get_run(run_id).data.tags.get("dvc.exp_name")
-            if exp_name:
-                client.set_tag(run_id, "dvc.exp_name", exp_name)
+            # The first stage run tagged the parent with DVC's experiment name.
+            if exp_name := client.get_run(run_id).data.tags.get("dvc.exp_name"):
                 client.update_run(run_id, name=exp_name)  # the easiest handle in the UI
-            commit, dirty = git_state.__wrapped__()  # after DVC: dvc.lock may have changed
+            # Not the cached value: `dvc exp run -S` has rewritten params.yaml since.
+            commit, dirty = git_state.__wrapped__()
             if commit:
                 client.set_tag(run_id, "git.dirty", str(dirty).lower())
             if sha := data_sha256():
@@ -849,9 +841,10 @@ class PipelineRun:
 
     def _log_outputs(self) -> None:
         client, run_id, stages = self.client, self.run_id, pipeline_stages()
+        reports = {stage: stage_reports(stage) for stage in stages}
         metrics = []
         for stage in stages:
-            for report in stage_reports(stage):
+            for report in reports[stage]:
                 if report.suffix == ".json" and report.is_file():
                     with contextlib.suppress(OSError, ValueError):
                         values = numeric_items(json.loads(report.read_text()))
@@ -859,8 +852,7 @@ class PipelineRun:
         _log_metrics(client, run_id, metrics)
         _log_histories(client, run_id, [s for s in HISTORIES if s in stages])
         _log_datasets(client, run_id, self.cfg, ("train", "validation", "test"))
-        reports = [r for stage in stages for r in stage_reports(stage)]
-        _log_files(client, run_id, reports, "reports")
+        _log_files(client, run_id, [r for stage in stages for r in reports[stage]], "reports")
         _log_files(client, run_id, [paths.LABELS, paths.PREPROCESS], "models")
         _log_files(client, run_id, [paths.MANIFEST], "data")
         _log_files(client, run_id, [PARAMS_YAML, DVC_LOCK])
@@ -959,14 +951,14 @@ def _champion_accuracy(client, name: str, champion, split: str) -> float:
             f"the challenger's split is not in {test}; re-run evaluate on one split first")
     import numpy as np
 
-    from tlearn.data.store import load_split
+    from tlearn.data.store import load_preprocess, load_split
     from tlearn.io import read_json
 
     model, labels, resize_mode = load_keras_model(f"models:/{name}/{champion.version}")
     if list(labels) != list(read_json(paths.LABELS)):
         raise TlearnError(f"promote: champion v{champion.version} has other classes than the "
                           f"challenger; they cannot be compared")
-    prepared = read_json(paths.PREPARED_PREPROCESS)
+    prepared = load_preprocess(paths.PREPARED_PREPROCESS)
     if (int(model.input_shape[1]), resize_mode) != (prepared["image_size"], prepared["resize_mode"]):
         raise TlearnError(f"promote: champion v{champion.version} takes {model.input_shape[1]} px "
                           f"{resize_mode} images, not the {prepared['image_size']} px "

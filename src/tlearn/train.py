@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from tlearn.io import atomic_path
+from tlearn.io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -98,7 +98,7 @@ class Checkpoint:
         which named no files) is not."""
         if not self.state_file.exists():
             return None
-        state = json.loads(self.state_file.read_text())
+        state = read_json(self.state_file)
         if state.get("fingerprint") != self.fingerprint or "last" not in state:
             log.info("ignoring checkpoint in %s: made with other inputs", self.folder)
             return None
@@ -188,6 +188,15 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset, validation: tf.data.D
     if stopper.best_epoch >= 0:
         log.info("best epoch %d (val_loss %.4f)", stopper.best_epoch, stopper.best_loss)
     return model, history
+
+
+def best_epoch_metrics(history: list[dict]) -> dict:
+    """Validation figures of the epoch with the lowest validation loss ({} for no epochs)."""
+    if not history:
+        return {}
+    best = min(history, key=lambda row: row["val_loss"])
+    return {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+            "best_epoch": best["epoch"]}
 
 
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None,

@@ -58,7 +58,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, img).convert("RGB")
-    if img.mode == "I;16" or img.mode.startswith("I;16"):
+    if img.mode.startswith("I;16"):
         img = img.point(lambda v: v / 256).convert("L")
     return img.convert("RGB")
 

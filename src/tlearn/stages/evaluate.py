@@ -53,14 +53,12 @@ def run(cfg: Config) -> dict:
                           phase_start=finetune_history[0]["epoch"] if finetune_history else None)
     mistakes = worst_mistakes(test.labels, probs["model"], cfg.evaluate.misclassified)
     if len(mistakes):
-        per_row = 4
-        cells = [(test.images[i], f"true {labels[test.labels[i]]}\npred {labels[predicted[i]]} "
-                                  f"{probs['model'][i, predicted[i]]:.0%}") for i in mistakes]
-        rows = [cells[r:r + per_row] for r in range(0, len(cells), per_row)]
-        plots.image_grid([[img for img, _ in row] for row in rows], MISTAKES_PNG,
-                         titles=[[t for _, t in row] for row in rows])
+        plots.labelled_images(
+            [test.images[i] for i in mistakes],
+            [f"true {labels[test.labels[i]]}\npred {labels[predicted[i]]} "
+             f"{probs['model'][i, predicted[i]]:.0%}" for i in mistakes], MISTAKES_PNG)
     else:
-        plots.image_grid([[test.images[0]]], MISTAKES_PNG, titles=[["no mistakes"]])
+        plots.labelled_images([test.images[0]], ["no mistakes"], MISTAKES_PNG)
     log.info("evaluate: test accuracy %.4f (head %.4f), top-%d %.4f, loss %.4f on %d images",
              report["accuracy"], report["head_accuracy"], report["k"], report["top_k_accuracy"],
              report["loss"], report["n_test"])

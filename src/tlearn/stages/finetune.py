@@ -58,10 +58,7 @@ def run(cfg: Config) -> dict:
         model.save(tmp)
     write_csv(HISTORY, history)
     checkpoint.clear()
-    metrics = {"epochs": len(history), "unfrozen_layers": len(trained_layers), **params}
-    if history:
-        best = min(history, key=lambda row: row["val_loss"])
-        metrics |= {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
-                    "best_epoch": best["epoch"]}
+    metrics = {"epochs": len(history), "unfrozen_layers": len(trained_layers), **params,
+               **train.best_epoch_metrics(history)}
     write_json(REPORT, metrics)
     return metrics

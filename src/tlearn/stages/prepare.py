@@ -10,7 +10,6 @@ square-ified and resized to ``prepare.image_size``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from tlearn.data import splits
 from tlearn.data.images import BadImage, load_rgb
 from tlearn.data.store import Split, save_preprocess, save_split
 from tlearn.errors import DataError
-from tlearn.io import atomic_path, read_json, write_json
+from tlearn.io import atomic_path, file_digest, read_json, write_json
 
 log = logging.getLogger(__name__)
 REPORT = paths.REPORTS / "prepare.json"
@@ -67,7 +66,7 @@ def run(cfg: Config) -> dict:
                 files=np.array([it.path for it in members])))
             per_class = Counter(it.label for it in members)
             counts[split] = {c: per_class[c] for c in classes}
-        write_json(tmp / "labels.json", classes)
+        write_json(tmp / paths.PREPARED_LABELS.name, classes)
         save_preprocess(tmp / paths.PREPARED_PREPROCESS.name, cfg.prepare.image_size,
                         cfg.prepare.resize_mode)
 
@@ -114,7 +113,7 @@ def list_files(raw: Path, has_splits: bool) -> list[tuple[str, str, str | None]]
 
 def _decode(path: Path, size: int, mode: str, max_pixels: int):
     """Worker: ``(sha256 of the bytes, image array or None, quarantine reason or None)``."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path)
     try:
         return digest, load_rgb(path, size, mode, max_pixels), None
     except BadImage as exc:

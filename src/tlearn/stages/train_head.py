@@ -21,7 +21,7 @@ HISTORY = paths.REPORTS / "head_history.csv"
 
 def run(cfg: Config) -> dict:
     keras.utils.set_random_seed(cfg.base.seed)
-    labels = read_json(paths.PREPARED / "labels.json")
+    labels = read_json(paths.PREPARED_LABELS)
     n_classes = len(labels)
     training, validation = features.load_training(), features.load("validation")
     head = build_head(training.x.shape[1:], n_classes, cfg.head)
@@ -46,8 +46,6 @@ def run(cfg: Config) -> dict:
     write_json(paths.LABELS, labels)
     write_json(paths.PREPROCESS, load_preprocess(paths.PREPARED_PREPROCESS))
     write_csv(HISTORY, history)
-    best = min(history, key=lambda row: row["val_loss"])
-    metrics = {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
-               "best_epoch": best["epoch"], "epochs": len(history), **params}
+    metrics = {**train.best_epoch_metrics(history), "epochs": len(history), **params}
     write_json(REPORT, metrics)
     return metrics
