@@ -45,6 +45,17 @@ def project(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def copy_project(root: Path, files: tuple[str, ...] = ("params.yaml", "dvc.yaml")) -> Path:
+    """``files`` and the package source (dvc.yaml lists it as code deps) copied to ``root``.
+    The commands that run are still the installed tlearn's."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "src" / "tlearn", root / "src" / "tlearn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
 # --- synthetic images ---------------------------------------------------------------
 
 def noise(height: int, width: int, seed: int, channels: int = 3) -> np.ndarray:
@@ -85,3 +96,41 @@ def image_folder(root: Path, counts: dict[str, int], size: tuple[int, int] = (24
 def img():
     """The image helpers as one object: ``img.noise``, ``img.solid``, ``img.save``, ``img.folder``."""
     return SimpleNamespace(noise=noise, solid=solid, save=save_image, folder=image_folder)
+
+
+# --- tracking -----------------------------------------------------------------------
+
+TRACKING_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
+                      "MLFLOW_EXPERIMENT_NAME", "DVC_EXP_NAME", "DVC_STAGE",
+                      "TLEARN_INVOCATION", "TLEARN_TRACKING_OFF")
+
+
+@pytest.fixture
+def clean_tracking_env():
+    """Tracking reads MLflow's and tlearn's variables: start without them, restore after."""
+    saved = dict(os.environ)
+    for key in TRACKING_VARIABLES:
+        os.environ.pop(key, None)
+    yield
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def embedded(project, clean_tracking_env):
+    """Settings of an embedded SQLite store in the project folder."""
+    from tlearn.tracking.store import Settings
+
+    return Settings(uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,33 +9,23 @@ exits with DVC's code.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 
-from tlearn import __version__
+from tlearn import __version__, stages
 from tlearn.errors import TlearnError
-from tlearn.tracking import TrackingUnavailable
+from tlearn.tracking.store import Settings, TrackingUnavailable, apply_http_defaults
 
 log = logging.getLogger("tlearn")
-
-# DVC stage name -> module in tlearn.stages (each has ``run(cfg) -> dict of metrics``).
-STAGES = {
-    "download": "fetch data.source into data/raw",
-    "prepare": "decode, validate, de-duplicate, split and resize into data/prepared",
-    "augment": "seeded augmented copies of the training split",
-    "features": "run the frozen base once over every split and cache the outputs",
-    "train_head": "train the new head on the cached features -> models/head.keras",
-    "finetune": "unfreeze the top of the base and retrain -> models/model.keras",
-    "evaluate": "test-split metrics, confusion matrix, curves, worst mistakes",
-}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    apply_http_defaults()
+    args.settings = Settings.from_environ()  # the environment, read once
     try:
         return args.handler(args)
     except TrackingUnavailable as exc:
@@ -55,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name, help_text in STAGES.items():
-        p = sub.add_parser(name, help=f"stage: {help_text}")
+    for name, stage in stages.all_stages().items():
+        p = sub.add_parser(name, help=f"stage: {stage.help}", description=stage.help)
         p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a params key for this run, e.g. -S head.dropout=0.2")
@@ -99,13 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_stage(args: argparse.Namespace) -> int:
-    from tlearn import config, tracking
+    from tlearn import config
+    from tlearn.tracking.runs import stage_run
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
+    stage = stages.get(args.stage)
     # The tracking store is checked before the stage does any work: a dead server fails
     # the stage within seconds and nothing is written.
-    with tracking.stage_run(args.stage, cfg) as run:
-        stage = importlib.import_module(f"tlearn.stages.{args.stage}")
+    with stage_run(stage, cfg, args.settings) as run:
         metrics = stage.run(cfg)
         run.finish(metrics)
     log.debug("%s metrics: %s", args.stage, metrics)
@@ -115,15 +106,16 @@ def _run_stage(args: argparse.Namespace) -> int:
 def _run_pipeline(args: argparse.Namespace) -> int:
     from tlearn import pipeline
 
-    return pipeline.run(args.set, args.project_param, exp=args.exp,
+    return pipeline.run(args.settings, args.set, args.project_param, exp=args.exp,
                         mlflow_project=args.mlflow_project, targets=args.targets, name=args.name)
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from tlearn import config, tracking
+    from tlearn import config
+    from tlearn.tracking import registry
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
-    print(tracking.promote(cfg).line)
+    print(registry.promote(args.settings, cfg).line)
     return 0
 
 
@@ -148,7 +140,8 @@ def _backbones(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tlearn import predict
 
-    return predict.run(args.images, args.model, top=args.top, fmt=args.format)
+    return predict.run(args.images, args.model, top=args.top, fmt=args.format,
+                       settings=args.settings)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:

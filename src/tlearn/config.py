@@ -32,12 +32,12 @@ class _OutOfRange(ConfigError):
 
 
 @dataclass(frozen=True)
-class Base:
+class BaseParams:
     seed: int = field(metadata=_range(0))
 
 
 @dataclass(frozen=True)
-class Data:
+class DataParams:
     source: str
     sha256: str | None
     max_expansion: float = field(metadata=_range(1))
@@ -45,21 +45,21 @@ class Data:
 
 
 @dataclass(frozen=True)
-class Split:
+class SplitFractions:
     validation: float = field(metadata=_range(0, 0.5, lo_open=True))
     test: float = field(metadata=_range(0, 0.5, lo_open=True))
 
 
 @dataclass(frozen=True)
-class Prepare:
+class PrepareParams:
     image_size: int = field(metadata=_range(8, 1024))
     resize_mode: Literal["crop", "pad", "warp"]
-    split: Split
+    split: SplitFractions
     max_pixels: int = field(metadata=_range(1))
 
 
 @dataclass(frozen=True)
-class Augment:
+class AugmentParams:
     copies: int = field(metadata=_range(0, 100))
     rotation: float = field(metadata=_range(0, 0.5))
     translation: float = field(metadata=_range(0, 0.5))
@@ -70,18 +70,18 @@ class Augment:
 
 
 @dataclass(frozen=True)
-class Model:
+class ModelParams:
     backbone: str
     weights: str
 
 
 @dataclass(frozen=True)
-class Features:
+class FeaturesParams:
     batch_size: int = field(metadata=_range(1))
 
 
 @dataclass(frozen=True)
-class Head:
+class HeadParams:
     pooling: Literal["avg", "max", "flatten"]
     units: list[int]
     dropout: float = field(metadata=_range(0, 0.95))
@@ -97,7 +97,7 @@ class Head:
 
 
 @dataclass(frozen=True)
-class Finetune:
+class FinetuneParams:
     unfreeze: int | str = field(metadata=_range(0))  # a layer count, or a layer name
     learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
     epochs: int = field(metadata=_range(0))
@@ -106,12 +106,12 @@ class Finetune:
 
 
 @dataclass(frozen=True)
-class Evaluate:
+class EvaluateParams:
     misclassified: int = field(metadata=_range(0, 100))
 
 
 @dataclass(frozen=True)
-class Tracking:
+class TrackingParams:
     experiment: str
     registered_model: str
     promote_margin: float = field(metadata=_range(0, 1))
@@ -120,16 +120,16 @@ class Tracking:
 
 @dataclass(frozen=True)
 class Config:
-    base: Base
-    data: Data
-    prepare: Prepare
-    augment: Augment
-    model: Model
-    features: Features
-    head: Head
-    finetune: Finetune
-    evaluate: Evaluate
-    tracking: Tracking
+    base: BaseParams
+    data: DataParams
+    prepare: PrepareParams
+    augment: AugmentParams
+    model: ModelParams
+    features: FeaturesParams
+    head: HeadParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+    tracking: TrackingParams
 
 
 def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Config:

@@ -12,13 +12,14 @@ import numpy as np
 
 from tlearn import paths
 
-EXTRACTOR = paths.FEATURES / "extractor.keras"
-
 
 @dataclass(frozen=True)
-class Features:
+class FeatureSet:
     x: np.ndarray  # (N, D) pooled vectors, or (N, h, w, C) maps for a flatten head
     y: np.ndarray  # (N,) class indices
+
+    def __len__(self) -> int:
+        return len(self.y)
 
 
 def extract(extractor: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -31,17 +32,18 @@ def feature_file(split: str, folder: Path = paths.FEATURES) -> Path:
     return folder / f"{split}.npz"
 
 
-def save(path: Path, features: Features) -> None:
+def save(path: Path, features: FeatureSet) -> None:
     with open(path, "wb") as f:
         np.savez(f, x=features.x, y=features.y)
 
 
-def load(split: str) -> Features:
-    with np.load(feature_file(split)) as data:
-        return Features(x=data["x"], y=data["y"])
+def load(split: str, folder: Path = paths.FEATURES) -> FeatureSet:
+    with np.load(feature_file(split, folder)) as data:
+        return FeatureSet(x=data["x"], y=data["y"])
 
 
-def load_training() -> Features:
+def load_training(folder: Path = paths.FEATURES) -> FeatureSet:
     """Training features: the original training split plus its augmented copies."""
-    parts = [load("train"), load("augmented")]
-    return Features(x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts]))
+    parts = [load("train", folder), load("augmented", folder)]
+    return FeatureSet(x=np.concatenate([p.x for p in parts]),
+                      y=np.concatenate([p.y for p in parts]))

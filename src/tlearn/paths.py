@@ -1,4 +1,6 @@
-"""Where each stage reads and writes, relative to the project root (mirrors dvc.yaml)."""
+"""Where the pipeline's data and models live, relative to the project root. Each stage
+declares which of these it reads and writes (tlearn.stages); its reports are declared
+there too."""
 
 from pathlib import Path
 
@@ -10,14 +12,15 @@ PREPARED = DATA / "prepared"
 PREPARED_LABELS = PREPARED / "labels.json"
 PREPARED_PREPROCESS = PREPARED / "preprocess.json"  # image size and resize mode of the splits
 AUGMENTED = DATA / "augmented"
+AUGMENTED_TRAIN = AUGMENTED / "train.npz"
 FEATURES = DATA / "features"
+EXTRACTOR = FEATURES / "extractor.keras"  # the frozen base that made the features
+CHECKPOINTS = DATA / "checkpoints"      # finetune resume state, not a DVC output
 MODELS = Path("models")
 LABELS = MODELS / "labels.json"
 PREPROCESS = MODELS / "preprocess.json"  # how predict must square-ify images for the models
 HEAD_MODEL = MODELS / "head.keras"
 MODEL = MODELS / "model.keras"
-BEST_PARAMS = MODELS / "best_params.json"
-CHECKPOINTS = DATA / "checkpoints"      # finetune resume state, not a DVC output
 REPORTS = Path("reports")
 
 

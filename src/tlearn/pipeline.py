@@ -1,10 +1,10 @@
-"""``tlearn run``: one pipeline execution is one MLflow parent run.
+"""``tlearn run``: ``dvc repro`` (or ``dvc exp run -S key=value ...`` when parameters are
+set, so DVC records the experiment too) as one pipeline execution in MLflow.
 
-It opens the parent run (:func:`tlearn.tracking.start_pipeline`), runs ``dvc repro`` (or
-``dvc exp run -S key=value ...`` when parameters are set, so DVC records the experiment
-too) with the parent's id in ``TLEARN_PARENT_RUN_ID`` for the stage processes, then logs
-the complete picture to the parent (all params, the final metrics from the reports, the
-dvc.lock hashes) and ends it FINISHED, or FAILED with DVC's exit code.
+It hands DVC an invocation id; the stages DVC executes group their runs under one
+pipeline run for it (:mod:`tlearn.tracking.runs`). Once DVC exits, the pipeline run gets
+the final metrics and hashes and ends FINISHED, or FAILED with DVC's exit code. When DVC
+executes no stage there is nothing new, and no run is logged.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-from tlearn import config, tracking
-from tlearn.config import parse_sets
+from tlearn import config
+from tlearn.tracking import Settings
 
 log = logging.getLogger(__name__)
-
-
+PARAMS_YAML, DVC_LOCK = Path("params.yaml"), Path("dvc.lock")
 
 
 def dvc_command(sets: list[tuple[str, str]], exp: bool, targets: list[str],
@@ -43,15 +43,18 @@ def _executable(name: str) -> str:
     return str(beside) if beside.exists() else (shutil.which(name) or name)
 
 
-def run(sets: list[str], project_params: list[str], exp: bool = False,
+def run(settings: Settings, sets: list[str], project_params: list[str], exp: bool = False,
         mlflow_project: bool = False, targets: list[str] | None = None,
         name: str | None = None) -> int:
-    """Run the pipeline under one parent run; returns DVC's exit code."""
-    pairs = parse_sets(sets) + parse_sets(project_params, keep_empty=False)
-    cfg = config.load(config.PARAMS_FILE, overrides=config.typed_overrides(pairs))  # bad -S: one line, exit 2
-    pipeline = tracking.start_pipeline(cfg, mlflow_project=mlflow_project)
-    env = (pipeline.child_env(os.environ) if pipeline else
-           {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"})
+    """Run the pipeline as one tracked execution; returns DVC's exit code."""
+    from tlearn.tracking import runs, store as tracking_store
+
+    pairs = config.parse_sets(sets) + config.parse_sets(project_params, keep_empty=False)
+    cfg = config.load(PARAMS_YAML, overrides=config.typed_overrides(pairs))  # bad -S: exit 2
+    store = tracking_store.connect(settings, cfg.tracking.experiment, cfg.tracking.required)
+    invocation = f"run-{uuid.uuid4().hex}"
+    adopted = _adopt(store, cfg, invocation, settings) if mlflow_project and store else None
+    env = settings.child_env(os.environ, invocation=invocation, off=store is None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = dvc_command(pairs, exp or mlflow_project, list(targets or []), name)
     log.info("run: %s", " ".join(cmd))
@@ -62,8 +65,45 @@ def run(sets: list[str], project_params: list[str], exp: bool = False,
     except OSError as exc:
         returncode = 127
         log.error("run: cannot start %s (%s)", cmd[0], exc)
-    if pipeline is not None:
-        pipeline.finish(returncode)
+    if store is not None:
+        with store.guarded():
+            pipeline = adopted or runs.PipelineRun.find(store, cfg, invocation)
+            if pipeline is not None:
+                pipeline.finish(returncode, [PARAMS_YAML, DVC_LOCK])
+            elif returncode == 0:
+                latest = runs.latest_pipeline_run(store)
+                log.info("run: up to date, DVC executed no stage: nothing new to log%s",
+                         f"; the latest pipeline run is {latest.info.run_id} "
+                         f"({latest.info.run_name})" if latest else "")
+            if mlflow_project and pipeline is not None and adopted is None \
+                    and settings.mlflow_run_id:  # `mlflow run`'s run in another experiment
+                store.client.set_tag(settings.mlflow_run_id, "tlearn.pipeline_run_id",
+                                     pipeline.run_id)
+                store.client.set_tag(pipeline.run_id, "tlearn.mlflow_project_run_id",
+                                     settings.mlflow_run_id)
     if returncode:
         log.error("run: %s exited with %d", " ".join(cmd[:3]), returncode)
     return returncode
+
+
+def _adopt(store, cfg: config.Config, invocation: str, settings: Settings):
+    """Started by ``mlflow run``: its run becomes the pipeline run when it is a running
+    project run in ``tracking.experiment``; otherwise it only gets a pointer to ours."""
+    from tlearn.tracking import runs
+
+    project_run = settings.mlflow_run_id
+    try:
+        run = store.client.get_run(project_run) if project_run else None
+    except Exception:  # noqa: BLE001 - not a run of this store
+        run = None
+    if run is None or run.info.status != "RUNNING" \
+            or run.data.tags.get("mlflow.source.type") != "PROJECT":
+        log.warning("tracking: MLFLOW_RUN_ID=%s is not a running `mlflow run` run; ignored",
+                    project_run)
+        return None
+    if run.info.experiment_id != store.experiment_id:
+        log.info("tracking: `mlflow run` put its run %s in another experiment; the pipeline "
+                 "run goes to %r (pass --experiment-name %s to make them one)", project_run,
+                 cfg.tracking.experiment, cfg.tracking.experiment)
+        return None
+    return runs.PipelineRun.create(store, cfg, invocation, None, adopt=project_run)

@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 from tlearn.data import images
 from tlearn.errors import TlearnError
 from tlearn.io import read_json
+from tlearn.tracking.store import Settings, TrackingUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +126,14 @@ def imagenet_labels() -> tuple[str, ...]:
                  for i in range(1000))
 
 
-def load_predictor(spec: str) -> Predictor:
-    """Turn a ``--model`` value into a :class:`Predictor` (TlearnError if it is not usable)."""
+def load_predictor(spec: str, settings: Settings | None = None) -> Predictor:
+    """Turn a ``--model`` value into a :class:`Predictor` (TlearnError if it is not usable;
+    TrackingUnavailable if it is in a registry that does not answer)."""
     spec = spec.strip()
     if spec.startswith("imagenet:"):
         return _imagenet_predictor(spec.removeprefix("imagenet:"))
     if spec.startswith("models:/"):
-        return _registry_predictor(spec)
+        return _registry_predictor(spec, settings or Settings.from_environ())
     if spec.endswith(".keras"):
         return _file_predictor(Path(spec))
     raise TlearnError(f"--model {spec!r}: {SPEC_HELP}")
@@ -181,13 +183,13 @@ def _sidecar(model_path: Path, name: str, what: str):
         raise TlearnError(f"--model: {path} is not valid JSON ({exc})") from exc
 
 
-def _registry_predictor(uri: str) -> Predictor:
+def _registry_predictor(uri: str, settings: Settings) -> Predictor:
     """``models:/<name>@<alias>`` from the MLflow registry; tlearn.tracking does the talking."""
     if "@" not in uri.removeprefix("models:/"):
         raise TlearnError(f"--model {uri!r}: {SPEC_HELP}")
-    from tlearn.tracking import load_keras_model
+    from tlearn.tracking import models
 
-    model, labels, resize_mode = load_keras_model(uri)
+    model, labels, resize_mode = models.load_model(settings, uri)
     return _checked(model, labels, resize_mode, uri)
 
 
@@ -271,9 +273,11 @@ def format_json(results: list[dict]) -> str:
 
 
 def run(images: list[str], model: str, top: int = 5, fmt: str = "table",
-        out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+        out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+        settings: Settings | None = None) -> int:
     """``tlearn predict``: exit 0 if every image was predicted, 1 if some could not be
-    read (the rest are still printed), 2 for a bad ``--model``, ``--top`` or ``--format``.
+    read (the rest are still printed), 2 for a bad ``--model``, ``--top`` or ``--format``,
+    3 (raised as TrackingUnavailable) when the registry's store does not answer.
     """
     if fmt not in FORMATS:
         print(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}", file=err)
@@ -284,7 +288,9 @@ def run(images: list[str], model: str, top: int = 5, fmt: str = "table",
     try:
         # Keras prints download progress to stdout; keep ``out`` clean for --format json.
         with contextlib.redirect_stdout(err):
-            predictor = load_predictor(model)
+            predictor = load_predictor(model, settings)
+    except TrackingUnavailable:
+        raise
     except TlearnError as exc:
         print(str(exc), file=err)
         return 2

@@ -1,25 +1,31 @@
-"""The two training phases: the head on cached features, then the fine-tune of the
-unfrozen top of the base. Both are epoch loops with early stopping on validation loss
-and the best weights restored; the fine-tune checkpoints every epoch so a killed run
-resumes where it stopped."""
+"""The training core: the head on cached features (:func:`train_head`) and the fine-tune
+of the unfrozen top of the base (:func:`finetune`). Arrays and params in, a trained model
+and its per-epoch history out; no file I/O, so tuning calls :func:`train_head` in-process
+for every trial. Both phases are epoch loops with early stopping on validation loss and
+the best weights restored; the fine-tune can carry a :class:`~tlearn.checkpoint.Checkpoint`
+so a killed run resumes where it stopped."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from tlearn.io import atomic_path, read_json
+from tlearn.config import AugmentParams, FinetuneParams, HeadParams
+from tlearn.data.augmentation import build_augmenter
+from tlearn.features import FeatureSet
+from tlearn.models.head import build_head, unfreeze_top
+
+if TYPE_CHECKING:
+    from tlearn.checkpoint import Checkpoint
+    from tlearn.data.store import Split
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -74,74 +80,6 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.wait > self.patience
-
-
-@dataclass
-class Checkpoint:
-    """Resume state of an epoch loop in ``folder``: the model (with optimizer state) after
-    the last finished epoch, the best weights so far, and the loop state. ``fingerprint``
-    ties it to its inputs, so a changed config never resumes a stale run.
-
-    Each save writes new files under new names and only then replaces ``state.json``,
-    which names them: a kill at any instant leaves a state whose files all belong to it.
-    """
-
-    folder: Path
-    fingerprint: str
-    state_file: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.state_file = self.folder / "state.json"
-
-    def _state(self) -> dict | None:
-        """The saved state if it is ours; a state of other inputs (or of an older tlearn,
-        which named no files) is not."""
-        if not self.state_file.exists():
-            return None
-        state = read_json(self.state_file)
-        if state.get("fingerprint") != self.fingerprint or "last" not in state:
-            log.info("ignoring checkpoint in %s: made with other inputs", self.folder)
-            return None
-        return state
-
-    def load(self) -> tuple[keras.Model, dict] | None:
-        state = self._state()
-        if state is None:
-            return None
-        return keras.saving.load_model(self.folder / state["last"]), state
-
-    def save(self, model: keras.Model, state: dict, best_improved: bool) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        done = state["epochs_done"]
-        last = f"last-{done}.keras"
-        with atomic_path(self.folder / last) as tmp:
-            model.save(tmp)
-        if best_improved:
-            best = f"best-{done}.weights.h5"
-            with atomic_path(self.folder / best) as tmp:
-                model.save_weights(tmp)
-        else:
-            best = (self._state() or {}).get("best")
-        with atomic_path(self.state_file) as tmp:  # the commit point of this epoch
-            tmp.write_text(json.dumps({**state, "fingerprint": self.fingerprint,
-                                       "last": last, "best": best}))
-        # Only now may the previous epoch's files go (and strays of a killed save).
-        for path in self.folder.iterdir():
-            if path.name not in {self.state_file.name, last, best} and path.is_file():
-                path.unlink()
-
-    def restore_best(self, model: keras.Model) -> None:
-        model.load_weights(self.folder / self._state()["best"])
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def fingerprint(*parts: object) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.read_bytes() if isinstance(part, Path) else repr(part).encode())
-    return digest.hexdigest()[:16]
 
 
 def fit_epochs(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
@@ -210,3 +148,50 @@ def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | Non
     # Sequential map: random augmentation drawn in a fixed order keeps runs repeatable.
     ds = ds.batch(batch_size).map(lambda a, b: (transform(tf.cast(a, tf.float32)), b))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------------------
+# The two phases
+# --------------------------------------------------------------------------------------
+
+
+def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params: HeadParams,
+               seed: int, on_epoch: Callable[[dict], None] | None = None,
+               ) -> tuple[keras.Model, list[dict]]:
+    """The new head trained on cached features of the frozen base, best epoch restored."""
+    keras.utils.set_random_seed(seed)
+    head = build_head(train.x.shape[1:], n_classes, params)
+    compile_classifier(head, make_optimizer(params.optimizer, params.learning_rate,
+                                            params.momentum), params.label_smoothing)
+    return fit_epochs(
+        head,
+        array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),
+        array_dataset(validation.x, one_hot(validation.y, n_classes), params.batch_size),
+        epochs=params.epochs, patience=params.patience, on_epoch=on_epoch,
+        class_weight=class_weights(train.y, n_classes, params.class_weight))
+
+
+def finetune(model: keras.Model, base: keras.Model, train: Split, validation: Split,
+             params: FinetuneParams, head: HeadParams, augment: AugmentParams, seed: int,
+             first_epoch: int = 1, checkpoint: Checkpoint | None = None,
+             ) -> tuple[keras.Model, list[dict], list[str]]:
+    """Unfreeze the top of ``base`` (inside ``model``), recompile with the lower
+    ``params.learning_rate`` and train end to end on the images with online augmentation.
+    Returns the model with its best epoch restored, the history and the layers trained.
+
+    The caller seeds (``keras.utils.set_random_seed``) before loading ``model``: its
+    dropout layers draw their seeds when they are built."""
+    trained_layers = unfreeze_top(base, params.unfreeze)
+    compile_classifier(model, make_optimizer(head.optimizer, params.learning_rate,
+                                             head.momentum), head.label_smoothing)
+    n_classes = model.output.shape[-1]
+    augmenter = build_augmenter(augment, seed=seed)
+    model, history = fit_epochs(
+        model,
+        array_dataset(train.images, one_hot(train.labels, n_classes), params.batch_size,
+                      seed=seed, transform=lambda x: augmenter(x, training=True)),
+        array_dataset(validation.images, one_hot(validation.labels, n_classes),
+                      params.batch_size),
+        epochs=params.epochs, patience=params.patience, first_epoch=first_epoch,
+        checkpoint=checkpoint)
+    return model, history, trained_layers

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, image_folder
+from conftest import copy_project, image_folder
 from tlearn.data.store import load_split
 from tlearn.io import read_json
 
@@ -61,10 +61,7 @@ def repo(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("dvc")
     src = base / "shapes"
     image_folder(src, CLASSES, size=(40, 40))
-    root = base / "project"
-    root.mkdir()
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(REPO / name, root / name)
+    root = copy_project(base / "project")
     _set_params(root, data__source=str(src), prepare__image_size=32, augment__copies=2)
     _run("git", "init", "-q", cwd=root)
     _run(str(DVC), "init", "-q", cwd=root)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, save_image
+from conftest import copy_project, save_image
 
 BIN = Path(sys.executable).parent
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -52,8 +52,7 @@ def colour_images(folder: Path, per_class: int = 16) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(REPO / name, root / name)
+    copy_project(root)
     colour_images(root / "images")
     set_params(root, data__source="images", prepare__image_size=32, augment__copies=1,
                head__epochs=30, head__batch_size=16, head__learning_rate=0.003, head__units=[16], finetune__epochs=2, finetune__unfreeze=10,
@@ -90,10 +89,58 @@ def test_second_repro_runs_nothing(project):
     assert stages_run(result.stdout) == []
 
 
+def changed_stages(project: Path) -> dict[str, list[str]]:
+    """``dvc status``: stage -> the deps it lists as modified."""
+    out = json.loads(run([str(BIN / "dvc"), "status", "--json"], project).stdout or "{}")
+    return {stage: sorted(path for entry in changes for change in entry.get("changed deps", [])
+                          for path in ([change] if isinstance(change, str) else change))
+            for stage, changes in out.items()}
+
+
+def test_editing_library_code_marks_exactly_the_stages_that_use_it(project):
+    train_py = project / "src/tlearn/train.py"
+    original = train_py.read_text()
+    train_py.write_text(original + "\n# an edit\n")
+    try:
+        assert changed_stages(project) == {"train_head": ["src/tlearn/train.py"],
+                                           "finetune": ["src/tlearn/train.py"]}
+    finally:
+        train_py.write_text(original)
+    assert changed_stages(project) == {}
+
+
 def test_finetune_learning_rate_reruns_only_finetune_and_evaluate(project):
     set_params(project, finetune__learning_rate=0.0002)
     result = run([str(BIN / "dvc"), "repro"], project)
     assert stages_run(result.stdout) == ["finetune", "evaluate"]
+
+
+def test_plain_repros_are_comparable_pipeline_runs_in_mlflow(project):
+    """Each `dvc repro` is one pipeline run in MLflow grouping the stages it executed, with
+    every params.yaml key and the final test metrics, like `tlearn run`."""
+    import mlflow
+
+    set_params(project, head__dropout=0.5)
+    result = run([str(BIN / "dvc"), "repro"], project)
+    assert stages_run(result.stdout) == ["train_head", "finetune", "evaluate"]
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("tlearn").experiment_id
+    pipelines = client.search_runs([exp_id], filter_string="tags.stage = 'pipeline'",
+                                   order_by=["attributes.start_time ASC"])
+    assert len(pipelines) == 3  # the first repro, the learning-rate change, this one
+    expected = [["augment", "download", "evaluate", "features", "finetune", "prepare",
+                 "train_head"], ["evaluate", "finetune"], ["evaluate", "finetune", "train_head"]]
+    for pipeline, stages in zip(pipelines, expected):
+        assert pipeline.info.status == "FINISHED"
+        nested = client.search_runs(
+            [exp_id], filter_string=f"tags.mlflow.parentRunId = '{pipeline.info.run_id}'")
+        assert sorted(r.info.run_name for r in nested) == stages
+        assert "test/accuracy" in pipeline.data.metrics and "head.dropout" in pipeline.data.params
+    first, last = pipelines[0], pipelines[-1]
+    assert (first.data.params["head.dropout"], last.data.params["head.dropout"]) == ("0.3", "0.5")
+    report = json.loads((project / "reports/evaluate.json").read_text())
+    assert last.data.metrics["test/accuracy"] == pytest.approx(report["accuracy"])
+    assert set(first.data.params) == set(last.data.params)
 
 
 def test_killed_finetune_resumes_where_it_stopped(project):

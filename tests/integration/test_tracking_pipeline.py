@@ -29,9 +29,10 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import REPO
-from tlearn import config, tracking
-from tlearn.io import read_csv
+from conftest import copy_project, free_port
+from tlearn import config
+from tlearn.io import file_digest, read_csv
+from tlearn.tracking import provenance, store
 
 BIN = Path(sys.executable).parent
 DVC, MLFLOW = BIN / "dvc", BIN / "mlflow"
@@ -48,16 +49,10 @@ pytestmark = pytest.mark.skipif(not DVC.exists() or not MLFLOW.exists() or not s
 
 # --- helpers ------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env(**extra: str) -> dict:
     out = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID",
-                        "MLFLOW_EXPERIMENT_NAME", tracking.ENV_PARENT, tracking.ENV_OFF,
+                        "MLFLOW_EXPERIMENT_NAME", store.ENV_INVOCATION, store.ENV_OFF,
                         "DVC_EXP_NAME")}
     out["PATH"] = f"{BIN}{os.pathsep}{out.get('PATH', '')}"
     out.update(DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
@@ -94,9 +89,7 @@ def colour_images(root: Path) -> Path:
 
 def make_project(root: Path, source: Path) -> Path:
     """A committed project (git + dvc) with the tiny params: what a fresh clone holds."""
-    root.mkdir(parents=True)
-    for name in FILES:
-        shutil.copy2(REPO / name, root / name)
+    copy_project(root, FILES)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for dotted, value in {**TINY, "data.source": str(source)}.items():
         group, key = dotted.split(".")
@@ -233,7 +226,7 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
         assert tags["git.commit"] == commit and tags["git.dirty"] in ("true", "false")
         assert tags["backbone"] == "efficientnet_lite0" and tags["data.source"] == str(source)
         assert len(tags["data.sha256"]) == 64 and tags["dvc.exp_name"] == run.info.run_name
-        lock = tracking.lock_hashes(project / "dvc.lock")
+        lock = provenance.lock_hashes(project / "dvc.lock")
         assert tags["dvc.data/raw"] == lock["data/raw"] and tags["dvc.data/prepared"] == lock["data/prepared"]
         assert "dvc.models/model.keras" in tags
         # per-epoch curves: head epochs 1-2, fine-tune continues at 3
@@ -247,7 +240,7 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
                 "reports/head_history.csv"} <= artifact_paths(client, run.info.run_id, "reports")
         inputs = {d.dataset.name.split("/")[-1]: d.dataset.digest for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"train", "validation", "test"}
-        assert inputs["test"] == tracking.file_digest(project / "data/prepared/test.npz")[:16]
+        assert inputs["test"] == file_digest(project / "data/prepared/test.npz")[:16]
     # same head/* names in both runs: the compare view lines them up
     assert set(pipelines[0].data.metrics) == set(pipelines[1].data.metrics)
 
@@ -280,7 +273,7 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
     assert sorted(versions, key=int) == ["1", "2"]
     acc = [float(versions[v].tags["test_accuracy"]) for v in ("1", "2")]
     assert acc == pytest.approx([r["evaluate"]["accuracy"] for r in reports])
-    split = tracking.file_digest(project / "data/prepared/test.npz")
+    split = file_digest(project / "data/prepared/test.npz")
     assert versions["1"].tags["test_split_sha256"] == versions["2"].tags["test_split_sha256"] == split
     assert versions["2"].tags["pipeline_run_id"] == pipelines[1].info.run_id
     assert reports[0]["promote"].startswith("promoted: tlearn v1")
@@ -357,19 +350,15 @@ def test_mlflow_run_in_a_fresh_clone_then_make_run_and_make_ui(source, tmp_path)
     assert (clone / "mlartifacts").is_dir() and not (clone / "mlruns").exists()
     assert "mlflow.db" not in sh("git", "status", "--porcelain", cwd=clone)
 
-    # `make run`: DVC skips every stage; the parent still carries the complete picture.
+    # `make run`: DVC executes no stage, so nothing new is logged: no duplicate row.
     make = ["make", "-o", str(BIN.parent / ".installed"), f"VENV={BIN.parent}"]
     out = sh(*make, "run", cwd=clone)
     assert "Running stage" not in out
-    pipelines = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'pipeline'",
-                                   order_by=["attributes.start_time DESC"])
-    assert len(pipelines) == 2
-    latest = pipelines[0]
-    assert latest.info.status == "FINISHED" and children(client, latest.info.run_id) == {}
-    assert latest.data.params == run.data.params
-    assert latest.data.metrics["test/accuracy"] == run.data.metrics["test/accuracy"]
-    assert latest.data.tags["dvc.models/model.keras"] == run.data.tags["dvc.models/model.keras"]
-    assert "reports/evaluate.json" in artifact_paths(client, latest.info.run_id, "reports")
+    assert f"up to date, DVC executed no stage: nothing new to log; the latest pipeline run is " \
+           f"{run.info.run_id}" in out
+    pipelines = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'pipeline'")
+    assert [p.info.run_id for p in pipelines] == [run.info.run_id]
+    assert "reports/evaluate.json" in artifact_paths(client, run.info.run_id, "reports")
 
     # `make ui` on 127.0.0.1: the page and the experiment through the REST API.
     port, log = free_port(), tmp_path / "ui.log"
@@ -386,7 +375,7 @@ def test_mlflow_run_in_a_fresh_clone_then_make_run_and_make_ui(source, tmp_path)
         runs = requests.post(f"{api}/runs/search", timeout=10, json={
             "experiment_ids": [exp.experiment_id], "filter": "tags.stage = 'pipeline'",
             "order_by": ["metrics.`test/accuracy` DESC"]}).json()["runs"]
-        assert {r["info"]["run_id"] for r in runs} == {p.info.run_id for p in pipelines}
+        assert [r["info"]["run_id"] for r in runs] == [run.info.run_id]
     finally:
         stop(ui)
 
@@ -417,10 +406,7 @@ def test_a_failing_stage_fails_the_parent_with_dvcs_exit_code(source, tmp_path):
 # --- a server that never answers ------------------------------------------------------
 
 def test_a_server_that_never_answers_fails_the_stage_within_30_s(tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy2(REPO / name, project / name)
+    project = copy_project(tmp_path / "project")
     with socket.socket() as listener:  # accepts connections (backlog), never replies
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
@@ -434,4 +420,4 @@ def test_a_server_that_never_answers_fails_the_stage_within_30_s(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and uri in lines[0] and "does not answer (timed out)" in lines[0]
     assert seconds < 30
-    assert sorted(p.name for p in project.iterdir()) == ["dvc.yaml", "params.yaml"]
+    assert sorted(p.name for p in project.iterdir()) == ["dvc.yaml", "params.yaml", "src"]

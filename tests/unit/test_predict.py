@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -183,13 +181,12 @@ def test_registry_uri_is_delegated_to_tracking(tmp_path, monkeypatch):
     model = keras.saving.load_model(_tiny_colour_model(folder))
     calls = []
 
-    def load_keras_model(uri):
+    def load_model(settings, uri):
         calls.append(uri)
         return model, ["rot", "gruen", "blau"], "crop"
 
-    fake = types.ModuleType("tlearn.tracking")
-    fake.load_keras_model = load_keras_model
-    monkeypatch.setitem(sys.modules, "tlearn.tracking", fake)
+    from tlearn.tracking import models
+    monkeypatch.setattr(models, "load_model", load_model)
     code, out, _ = _run([_solid(tmp_path / "b.png", (0, 0, 255))], "models:/flowers@champion")
     assert code == 0 and calls == ["models:/flowers@champion"]
     assert json.loads(out)[0]["predictions"][0]["label"] == "blau"

@@ -8,8 +8,10 @@ import keras
 import numpy as np
 import pytest
 
+from tlearn import checkpoint as checkpoint_module
 from tlearn import train
-from tlearn.evaluate import classification_report, worst_mistakes
+from tlearn.checkpoint import Checkpoint
+from tlearn.metrics import classification_report, worst_mistakes
 
 
 def test_early_stopping_waits_patience_epochs_after_the_best():
@@ -53,7 +55,7 @@ def tiny_model() -> keras.Model:
 def test_checkpoint_resumes_after_a_crash(tmp_path):
     keras.utils.set_random_seed(0)
     data, val = tiny_problem()
-    checkpoint = train.Checkpoint(tmp_path / "ckpt", fingerprint="abc")
+    checkpoint = Checkpoint(tmp_path / "ckpt", fingerprint="abc")
 
     def crash_after_epoch_12(row):
         if row["epoch"] == 12:
@@ -76,8 +78,8 @@ def test_checkpoint_killed_between_model_and_state_resumes_the_last_complete_epo
         tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     data, val = tiny_problem()
-    checkpoint = train.Checkpoint(tmp_path / "ckpt", fingerprint="abc")
-    real_atomic_path, state_writes = train.atomic_path, []
+    checkpoint = Checkpoint(tmp_path / "ckpt", fingerprint="abc")
+    real_atomic_path, state_writes = checkpoint_module.atomic_path, []
 
     @contextlib.contextmanager
     def killed_before_the_third_state(target):
@@ -88,7 +90,7 @@ def test_checkpoint_killed_between_model_and_state_resumes_the_last_complete_epo
         with real_atomic_path(target) as tmp:
             yield tmp
 
-    monkeypatch.setattr(train, "atomic_path", killed_before_the_third_state)
+    monkeypatch.setattr(checkpoint_module, "atomic_path", killed_before_the_third_state)
     with pytest.raises(Killed):
         train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10, checkpoint=checkpoint)
     monkeypatch.undo()
@@ -122,9 +124,9 @@ def test_checkpoint_killed_between_model_and_state_resumes_the_last_complete_epo
 def test_checkpoint_from_other_inputs_is_ignored(tmp_path):
     data, val = tiny_problem()
     train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
-                     checkpoint=train.Checkpoint(tmp_path / "ckpt", fingerprint="old"))
+                     checkpoint=Checkpoint(tmp_path / "ckpt", fingerprint="old"))
     _, history = train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
-                                  checkpoint=train.Checkpoint(tmp_path / "ckpt", fingerprint="new"))
+                                  checkpoint=Checkpoint(tmp_path / "ckpt", fingerprint="new"))
     assert len(history) == 2
 
 

@@ -7,10 +7,10 @@ import math
 import keras
 import numpy as np
 
-from tlearn.config import Augment
+from tlearn.config import AugmentParams
 
 
-def build_augmenter(cfg: Augment, seed: int) -> keras.Sequential:
+def build_augmenter(cfg: AugmentParams, seed: int) -> keras.Sequential:
     """Rotation, translation, zoom, contrast and flips as one Sequential, active only
     when called with ``training=True`` (Keras semantics). Ranges of 0 leave a layer out."""
     layers: list[keras.layers.Layer] = []
@@ -30,7 +30,7 @@ def build_augmenter(cfg: Augment, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augmentation")
 
 
-def augmented_copies(images: np.ndarray, cfg: Augment, seed: int,
+def augmented_copies(images: np.ndarray, cfg: AugmentParams, seed: int,
                      batch_size: int = 64) -> np.ndarray:
     """``cfg.copies`` augmented versions of every image, copy-major:
     result[c * N + i] is copy c of image i. Same seed and input give the same bytes."""

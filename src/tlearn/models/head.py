@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import keras
 
-from tlearn.config import Head
+from tlearn.config import HeadParams
 from tlearn.errors import ConfigError
 from tlearn.models import backbones
 
@@ -31,7 +31,7 @@ def build_extractor(backbone: str, image_size: int, weights: str, pooling: str) 
     return keras.Model(inputs, x, name="extractor")
 
 
-def build_head(feature_shape: tuple[int, ...], n_classes: int, cfg: Head) -> keras.Model:
+def build_head(feature_shape: tuple[int, ...], n_classes: int, cfg: HeadParams) -> keras.Model:
     """Dense layers (``head.units``) with dropout, then a softmax over the classes."""
     inputs = keras.Input(feature_shape, name="features")
     x = keras.layers.Flatten(name="flatten")(inputs) if len(feature_shape) > 1 else inputs

@@ -1,0 +1,158 @@
+"""The pipeline's stages, each declared once in its own module of this package.
+
+A stage module holds a :class:`Stage` record named ``STAGE`` (what it reads, writes and
+reports) and a function ``run(cfg) -> dict of metrics``. Everything else derives from
+those records: the ``tlearn <stage>`` subcommands, what tracking logs for a stage, and
+the code dependencies ``dvc.yaml`` must list (a test checks that dvc.yaml agrees).
+Adding a stage means one new module here plus its ``dvc.yaml`` entry.
+
+Stage modules import the heavy libraries (TensorFlow) inside ``run``: listing the
+stages, as the CLI and ``tlearn run`` do, must stay cheap.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/tlearn
+#: Modules that never change what a stage writes (parsing params, error types, logging to
+#: MLflow, the CLI, these declarations): editing them must not rerun the pipeline.
+NOT_CODE_DEPS = ("tlearn", "tlearn.cli", "tlearn.config", "tlearn.errors", "tlearn.stages",
+                 "tlearn.tracking")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one DVC stage reads and writes; paths are relative to the project root."""
+
+    name: str
+    help: str
+    params: tuple[str, ...]              # params.yaml keys (groups or dotted), as dvc.yaml lists
+    deps: tuple[Path, ...]               # data and models it reads
+    outs: tuple[Path, ...] = ()          # data and models it writes (cached by DVC)
+    metrics: tuple[Path, ...] = ()       # JSON reports: DVC metrics
+    plots: tuple[Path, ...] = ()         # CSV and PNG reports: DVC plots
+    history: Path | None = None          # per-epoch CSV (one of ``plots``)
+    history_prefix: str = ""             # MLflow name of its curves: ``<prefix>/val_accuracy``
+    model: Path | None = None            # the Keras model it trains, logged to MLflow
+    artifacts: tuple[Path, ...] = ()     # other files worth keeping beside the run
+    datasets: tuple[str, ...] = ()       # prepared splits it reads (MLflow dataset inputs)
+    metric_prefix: str = ""              # MLflow metric names: ``<prefix>/<key>``, default
+                                         # ``<name>.<key>``
+    registers_model: bool = False        # the final model goes to the registry
+
+    @property
+    def module(self) -> str:
+        return f"{__name__}.{self.name}"
+
+    @property
+    def reports(self) -> tuple[Path, ...]:
+        return self.metrics + self.plots
+
+    def metric_name(self, key: str) -> str:
+        return f"{self.metric_prefix}/{key}" if self.metric_prefix else f"{self.name}.{key}"
+
+    def run(self, cfg) -> dict:
+        module = importlib.import_module(self.module)
+        return module.run(cfg)
+
+
+@functools.cache
+def all_stages() -> dict[str, Stage]:
+    """Every stage of this package, in pipeline order (each after the stages it reads)."""
+    found = {info.name: importlib.import_module(f"{__name__}.{info.name}").STAGE
+             for info in pkgutil.iter_modules(__path__)}
+    ordered: dict[str, Stage] = {}
+    while len(ordered) < len(found):  # topological; ties in alphabetical order
+        name = next(n for n in sorted(found) if n not in ordered
+                    and _reads_from(found[n], found.values()) <= ordered.keys())
+        ordered[name] = found[name]
+    return ordered
+
+
+def get(name: str) -> Stage:
+    return all_stages()[name]
+
+
+def upstream_of(name: str) -> set[str]:
+    """Every stage whose outputs stage ``name`` reads, directly or through others."""
+    stages = all_stages()
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        for parent in _reads_from(stages[todo.pop()], stages.values()) - found:
+            found.add(parent)
+            todo.append(parent)
+    return found
+
+
+def _reads_from(stage: Stage, stages) -> set[str]:
+    """The other stages that write something ``stage`` reads (a file or a folder around it)."""
+    def overlap(a: Path, b: Path) -> bool:
+        return a == b or a in b.parents or b in a.parents
+
+    return {other.name for other in stages if other.name != stage.name
+            and any(overlap(dep, out) for dep in stage.deps
+                    for out in (*other.outs, *other.reports))}
+
+
+# --------------------------------------------------------------------------------------
+# Code dependencies: the source files whose code determines a stage's outputs
+# --------------------------------------------------------------------------------------
+
+
+def code_deps(name: str) -> list[Path]:
+    """The stage module and every tlearn module it imports, directly or not (relative to
+    the project root, as dvc.yaml lists them), minus :data:`NOT_CODE_DEPS`. Another stage
+    imported for its declaration brings none of its code."""
+    start = f"{__name__}.{name}"
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module in seen or (module != start and _not_code(module)):
+            continue
+        seen.add(module)
+        todo += _tlearn_imports(module)
+    project_root = PACKAGE_ROOT.parents[1]
+    return sorted(_module_file(m).relative_to(project_root) for m in seen)
+
+
+def _not_code(module: str) -> bool:
+    return any(module == x or (x != "tlearn" and module.startswith(x + "."))
+               for x in NOT_CODE_DEPS)
+
+
+def _module_file(module: str) -> Path:
+    relative = Path(*module.split(".")[1:])
+    package = PACKAGE_ROOT / relative / "__init__.py"
+    return package if package.is_file() else (PACKAGE_ROOT / relative).with_suffix(".py")
+
+
+def _tlearn_imports(module: str) -> list[str]:
+    """tlearn modules ``module`` imports anywhere in its code (also inside functions)."""
+    tree = ast.parse(_module_file(module).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):  # imports only type checkers follow are not code
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
+                                                                   "typing.TYPE_CHECKING"):
+            node.body = []
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("tlearn.")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and (node.module == "tlearn" or node.module.startswith("tlearn.")):
+            for alias in node.names:  # ``from tlearn import io`` names a module
+                candidate = f"{node.module}.{alias.name}"
+                found.append(candidate if _is_module(candidate) else node.module)
+    return [m for m in found if _is_module(m)]
+
+
+def _is_module(name: str) -> bool:
+    return name.startswith("tlearn") and _module_file(name).is_file()
+

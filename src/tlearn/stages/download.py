@@ -6,20 +6,34 @@ import logging
 
 from tlearn import paths
 from tlearn.config import Config
-from tlearn.data import sources
-from tlearn.io import atomic_path, write_json
+from tlearn.stages import Stage
 
 log = logging.getLogger(__name__)
 
+STAGE = Stage(
+    name="download",
+    help="fetch data.source into data/raw",
+    params=("data",),
+    deps=(),
+    outs=(paths.RAW,),
+    metrics=(paths.REPORTS / "download.json",),
+    artifacts=(paths.MANIFEST,),
+)
+
 
 def run(cfg: Config) -> dict:
+    from tlearn.data import sources
+    from tlearn.io import atomic_path, write_json
+
     limits = sources.ExtractLimits(max_expansion=cfg.data.max_expansion,
                                    max_bytes=cfg.data.max_extracted_mb * 1024 * 1024)
     with atomic_path(paths.RAW) as tmp:
         tmp.mkdir()
         manifest = sources.fetch(cfg.data.source, cfg.data.sha256, tmp, paths.DOWNLOADS, limits)
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / paths.MANIFEST.name, manifest)
     log.info("download: %d files in %d classes (%s) -> %s", manifest["n_files"],
              len(manifest["classes"]), ", ".join(manifest["splits"] or ["no given splits"]),
              paths.RAW)
-    return {"n_files": manifest["n_files"], "n_classes": len(manifest["classes"])}
+    metrics = {"n_files": manifest["n_files"], "n_classes": len(manifest["classes"])}
+    write_json(STAGE.metrics[0], metrics)
+    return metrics

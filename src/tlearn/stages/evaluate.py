@@ -4,34 +4,43 @@ reports/evaluate.json, the confusion matrix, the training curves and the worst m
 from __future__ import annotations
 
 import logging
-import sys
 
-import keras
-
-from tlearn import paths, plots
+from tlearn import paths
 from tlearn.config import Config
-from tlearn.data.store import load_split
-from tlearn.evaluate import classification_report, worst_mistakes
-from tlearn.io import read_csv, read_json, write_csv, write_json
-from tlearn.models import backbones  # noqa: F401  registers tlearn's layers for loading
-from tlearn.stages.finetune import HISTORY as FINETUNE_HISTORY
-from tlearn.stages.train_head import HISTORY as HEAD_HISTORY
+from tlearn.stages import Stage
+from tlearn.stages.finetune import STAGE as FINETUNE
+from tlearn.stages.train_head import STAGE as TRAIN_HEAD
 
 log = logging.getLogger(__name__)
-REPORT = paths.REPORTS / "evaluate.json"
-PREDICTIONS = paths.REPORTS / "predictions.csv"
-CONFUSION_PNG = paths.REPORTS / "confusion_matrix.png"
-CURVES_PNG = paths.REPORTS / "training_curves.png"
-MISTAKES_PNG = paths.REPORTS / "misclassified.png"
-BATCH_SIZE = 64
+
+STAGE = Stage(
+    name="evaluate",
+    help="test-split metrics, confusion matrix, curves, worst mistakes",
+    params=("evaluate",),
+    deps=(paths.HEAD_MODEL, paths.MODEL, paths.LABELS, paths.prepared_split("test"),
+          TRAIN_HEAD.history, FINETUNE.history),
+    metrics=(paths.REPORTS / "evaluate.json",),
+    plots=(paths.REPORTS / "predictions.csv", paths.REPORTS / "confusion_matrix.png",
+           paths.REPORTS / "training_curves.png", paths.REPORTS / "misclassified.png"),
+    datasets=("test",),
+    metric_prefix="test",
+    registers_model=True,
+)
+REPORT, PREDICTIONS, CONFUSION_PNG, CURVES_PNG, MISTAKES_PNG = STAGE.reports
 
 
 def run(cfg: Config) -> dict:
+    import keras
+
+    from tlearn import plots
+    from tlearn.data.store import load_split
+    from tlearn.io import read_csv, read_json, write_csv, write_json
+    from tlearn.metrics import classification_report, predict_probabilities, worst_mistakes
+    from tlearn.models import backbones  # noqa: F401  registers tlearn's layers for loading
+
     labels = read_json(paths.LABELS)
     test = load_split(paths.prepared_split("test"))
-    verbose = 1 if sys.stdout.isatty() else 0
-    probs = {name: keras.saving.load_model(path).predict(test.images, batch_size=BATCH_SIZE,
-                                                         verbose=verbose)
+    probs = {name: predict_probabilities(keras.saving.load_model(path), test.images)
              for name, path in (("head", paths.HEAD_MODEL), ("model", paths.MODEL))}
     head = classification_report(test.labels, probs["head"], labels)
     final = classification_report(test.labels, probs["model"], labels)
@@ -48,7 +57,7 @@ def run(cfg: Config) -> dict:
     write_csv(PREDICTIONS, [{"file": f, "actual": labels[t], "predicted": labels[p]}
                             for f, t, p in zip(test.files, test.labels, predicted)])
     plots.confusion_matrix(final["confusion_matrix"], labels, CONFUSION_PNG)
-    head_history, finetune_history = read_csv(HEAD_HISTORY), read_csv(FINETUNE_HISTORY)
+    head_history, finetune_history = read_csv(TRAIN_HEAD.history), read_csv(FINETUNE.history)
     plots.training_curves(head_history + finetune_history, CURVES_PNG,
                           phase_start=finetune_history[0]["epoch"] if finetune_history else None)
     mistakes = worst_mistakes(test.labels, probs["model"], cfg.evaluate.misclassified)
@@ -60,7 +69,7 @@ def run(cfg: Config) -> dict:
     else:
         plots.labelled_images([test.images[0]], ["no mistakes"], MISTAKES_PNG)
     log.info("evaluate: test accuracy %.4f (head %.4f), top-%d %.4f, loss %.4f on %d images",
-             report["accuracy"], report["head_accuracy"], report["k"], report["top_k_accuracy"],
-             report["loss"], report["n_test"])
+             report["accuracy"], report["head_accuracy"], report["k"],
+             report["top_k_accuracy"], report["loss"], report["n_test"])
     return {k: report[k] for k in ("accuracy", "top_k_accuracy", "loss", "head_accuracy",
-                                   "n_test")}
+                                    "n_test")}

@@ -6,21 +6,35 @@ from __future__ import annotations
 import logging
 import time
 
-import keras
-
-from tlearn import features, paths
+from tlearn import paths
 from tlearn.config import Config
-from tlearn.data.store import check_preprocess, load_split
-from tlearn.io import atomic_path, write_json
-from tlearn.models.head import build_extractor
+from tlearn.stages import Stage
 
 log = logging.getLogger(__name__)
-REPORT = paths.REPORTS / "features.json"
-SOURCES = {"train": paths.prepared_split("train"), "augmented": paths.AUGMENTED / "train.npz",
+
+#: Feature file name -> the image split it is made from.
+SOURCES = {"train": paths.prepared_split("train"), "augmented": paths.AUGMENTED_TRAIN,
            "validation": paths.prepared_split("validation"), "test": paths.prepared_split("test")}
+
+STAGE = Stage(
+    name="features",
+    help="run the frozen base once over every split and cache the outputs",
+    params=("base.seed", "prepare.image_size", "model", "features", "head.pooling"),
+    deps=(paths.PREPARED, paths.AUGMENTED),
+    outs=(paths.FEATURES,),
+    metrics=(paths.REPORTS / "features.json",),
+    datasets=("train", "validation", "test"),
+)
 
 
 def run(cfg: Config) -> dict:
+    import keras
+
+    from tlearn import features
+    from tlearn.data.store import check_preprocess, load_split
+    from tlearn.io import atomic_path, write_json
+    from tlearn.models.head import build_extractor
+
     check_preprocess(paths.PREPARED_PREPROCESS, cfg.prepare.image_size, cfg.prepare.resize_mode)
     keras.utils.set_random_seed(cfg.base.seed)  # also makes `weights: none` bases repeatable
     extractor = build_extractor(cfg.model.backbone, cfg.prepare.image_size, cfg.model.weights,
@@ -28,15 +42,17 @@ def run(cfg: Config) -> dict:
     started, n_images, shape = time.perf_counter(), 0, None
     with atomic_path(paths.FEATURES) as tmp:
         tmp.mkdir()
-        extractor.save(tmp / features.EXTRACTOR.name)
+        extractor.save(tmp / paths.EXTRACTOR.name)
         for split, source in SOURCES.items():
             images = load_split(source)
             x = features.extract(extractor, images.images, cfg.features.batch_size)
-            features.save(features.feature_file(split, tmp), features.Features(x, images.labels))
+            features.save(features.feature_file(split, tmp),
+                          features.FeatureSet(x, images.labels))
             n_images, shape = n_images + len(x), x.shape[1:]
             log.info("features: %s %s", split, x.shape)
     seconds = time.perf_counter() - started
     metrics = {"n_images": n_images, "seconds": round(seconds, 2),
                "images_per_second": round(n_images / seconds, 1)}
-    write_json(REPORT, {**metrics, "backbone": cfg.model.backbone, "feature_shape": list(shape)})
+    write_json(STAGE.metrics[0], {**metrics, "backbone": cfg.model.backbone,
+                                  "feature_shape": list(shape)})
     return metrics

@@ -27,9 +27,18 @@ from tlearn.data.images import BadImage, load_rgb
 from tlearn.data.store import Split, save_preprocess, save_split
 from tlearn.errors import DataError
 from tlearn.io import atomic_path, file_digest, read_json, write_json
+from tlearn.stages import Stage
 
 log = logging.getLogger(__name__)
-REPORT = paths.REPORTS / "prepare.json"
+
+STAGE = Stage(
+    name="prepare",
+    help="decode, validate, de-duplicate, split and resize into data/prepared",
+    params=("base.seed", "prepare"),
+    deps=(paths.RAW,),
+    outs=(paths.PREPARED,),
+    metrics=(paths.REPORTS / "prepare.json",),
+)
 
 
 def run(cfg: Config) -> dict:
@@ -79,7 +88,7 @@ def run(cfg: Config) -> dict:
         "n_classes": len(classes),
         **{f"n_{split}": sum(counts[split].values()) for split in splits.SPLITS},
     }
-    write_json(REPORT, {
+    write_json(STAGE.metrics[0], {
         **metrics,
         "image_size": cfg.prepare.image_size,
         "resize_mode": cfg.prepare.resize_mode,

@@ -6,38 +6,40 @@ from __future__ import annotations
 
 import logging
 
-import keras
-
-from tlearn import features, paths, train
+from tlearn import paths
 from tlearn.config import Config
-from tlearn.data.store import load_preprocess
-from tlearn.io import atomic_path, read_json, write_csv, write_json
-from tlearn.models.head import assemble, build_head, count_params
+from tlearn.stages import Stage
 
 log = logging.getLogger(__name__)
-REPORT = paths.REPORTS / "train_head.json"
-HISTORY = paths.REPORTS / "head_history.csv"
+
+STAGE = Stage(
+    name="train_head",
+    help="train the new head on the cached features -> models/head.keras",
+    params=("base.seed", "head"),
+    deps=(paths.FEATURES, paths.PREPARED_LABELS, paths.PREPARED_PREPROCESS),
+    outs=(paths.HEAD_MODEL, paths.LABELS, paths.PREPROCESS),
+    metrics=(paths.REPORTS / "train_head.json",),
+    plots=(paths.REPORTS / "head_history.csv",),
+    history=paths.REPORTS / "head_history.csv",
+    history_prefix="head",
+    model=paths.HEAD_MODEL,
+    artifacts=(paths.LABELS, paths.PREPROCESS),
+    datasets=("train", "validation"),
+)
 
 
 def run(cfg: Config) -> dict:
-    keras.utils.set_random_seed(cfg.base.seed)
-    labels = read_json(paths.PREPARED_LABELS)
-    n_classes = len(labels)
-    training, validation = features.load_training(), features.load("validation")
-    head = build_head(training.x.shape[1:], n_classes, cfg.head)
-    train.compile_classifier(
-        head, train.make_optimizer(cfg.head.optimizer, cfg.head.learning_rate, cfg.head.momentum),
-        cfg.head.label_smoothing)
-    head, history = train.fit_epochs(
-        head,
-        train.array_dataset(training.x, train.one_hot(training.y, n_classes),
-                            cfg.head.batch_size, seed=cfg.base.seed),
-        train.array_dataset(validation.x, train.one_hot(validation.y, n_classes),
-                            cfg.head.batch_size),
-        epochs=cfg.head.epochs, patience=cfg.head.patience,
-        class_weight=train.class_weights(training.y, n_classes, cfg.head.class_weight))
+    import keras
 
-    model = assemble(keras.saving.load_model(features.EXTRACTOR), head)
+    from tlearn import features, train
+    from tlearn.data.store import load_preprocess
+    from tlearn.io import atomic_path, read_json, write_csv, write_json
+    from tlearn.models.head import assemble, count_params
+
+    labels = read_json(paths.PREPARED_LABELS)
+    head, history = train.train_head(features.load_training(), features.load("validation"),
+                                     len(labels), cfg.head, seed=cfg.base.seed)
+    model = assemble(keras.saving.load_model(paths.EXTRACTOR), head)
     params = count_params(model)
     log.info("head phase: %s trainable, %s non-trainable parameters",
              f"{params['trainable_params']:,}", f"{params['non_trainable_params']:,}")
@@ -45,7 +47,7 @@ def run(cfg: Config) -> dict:
         model.save(tmp)
     write_json(paths.LABELS, labels)
     write_json(paths.PREPROCESS, load_preprocess(paths.PREPARED_PREPROCESS))
-    write_csv(HISTORY, history)
+    write_csv(STAGE.history, history)
     metrics = {**train.best_epoch_metrics(history), "epochs": len(history), **params}
-    write_json(REPORT, metrics)
+    write_json(STAGE.metrics[0], metrics)
     return metrics

@@ -1,0 +1,347 @@
+"""Runs: one MLflow run per stage that executes, grouped under one pipeline run per
+pipeline execution, however the pipeline was started.
+
+The first stage that executes in an execution creates the pipeline run (every params.yaml
+key, the tags, the final metrics of the stages upstream of it, which did not need to run);
+each stage then nests its own run under it and, when done, adds its metrics, curves and
+reports to the pipeline run. An execution is recognised by ``Settings.invocation``:
+``tlearn run`` passes one to DVC; under a bare ``dvc repro`` or ``dvc exp run`` it is the
+DVC process that started the stage. So a run of the pipeline in which DVC executes no
+stage logs nothing, and every way of running it gives the same picture in ``mlflow ui``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from tlearn.config import Config, to_flat_dict
+from tlearn.data.splits import SPLITS
+from tlearn.io import read_csv
+from tlearn.stages import Stage, all_stages, upstream_of
+from tlearn.tracking import provenance
+from tlearn.tracking.store import Settings, Store, connect, one_line
+
+log = logging.getLogger(__name__)
+PIPELINE = "pipeline"                 # the ``stage`` tag of pipeline runs
+INVOCATION_TAG = "tlearn.invocation"  # which execution a pipeline run belongs to
+STAGES_TAG = "tlearn.stages"          # the stages that executed in it, in order
+ADOPTED_TAG = "tlearn.adopted"        # a run `mlflow run` made: tlearn never ends it
+
+
+# --------------------------------------------------------------------------------------
+# Names and values
+# --------------------------------------------------------------------------------------
+
+
+def numeric_items(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite int/float entries (bools, strings, lists and dicts are not metrics)."""
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def param_value(value: Any) -> str:
+    """How a params.yaml value reads as an MLflow param: ``[256]``, ``None``, ``0.3``."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def stage_params(cfg: Config, stage: Stage) -> dict[str, Any]:
+    """The flattened params.yaml keys the stage declares (a group brings all its keys)."""
+    return {k: v for k, v in to_flat_dict(cfg).items()
+            if any(k == key or k.startswith(key + ".") for key in stage.params)}
+
+
+def history_metrics(prefix: str, rows: list[dict]) -> list[tuple[str, float, int]]:
+    """``(f"{prefix}/{column}", value, step=epoch)`` for every numeric column of every row."""
+    return [(f"{prefix}/{key}", value, int(row["epoch"])) for row in rows
+            for key, value in numeric_items({k: v for k, v in row.items() if k != "epoch"}).items()]
+
+
+def report_metrics(stages: Iterable[Stage]) -> dict[str, float]:
+    """The numbers in the stages' JSON reports, under their MLflow names."""
+    found = {}
+    for stage in stages:
+        for path in stage.metrics:
+            with suppress(OSError, ValueError):
+                values = json.loads(path.read_text(encoding="utf-8"))
+                found |= {stage.metric_name(k): v for k, v in numeric_items(values).items()}
+    return found
+
+
+# --------------------------------------------------------------------------------------
+# Logging calls (batched: one request per kind)
+# --------------------------------------------------------------------------------------
+
+
+def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, param_value(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+
+
+def log_metrics(client, run_id: str, metrics: Iterable[tuple[str, float, int]],
+                model_id: str | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(key, value, now, step, model_id=model_id) for key, value, step in metrics]
+    for start in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[start:start + 1000])
+
+
+def log_files(client, run_id: str, files: Iterable[Path]) -> None:
+    """Each existing file under its own folder: reports/x.png, models/labels.json, ..."""
+    for path in files:
+        if path.is_file():
+            folder = path.parent.as_posix()
+            client.log_artifact(run_id, str(path), None if folder == "." else folder)
+
+
+def log_datasets(client, run_id: str, cfg: Config, splits: Iterable[str]) -> None:
+    """The prepared splits as dataset inputs (those the run already has are skipped)."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    from tlearn import paths
+
+    run = client.get_run(run_id)
+    logged = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs} \
+        if run.inputs else set()
+    datasets = [(split, provenance.split_dataset(cfg, split)) for split in splits
+                if paths.prepared_split(split).is_file()]
+    inputs = [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)])
+              for split, ds in datasets if (ds.name, ds.digest) not in logged]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+def log_stage_outputs(client, run_id: str, stage: Stage, metrics: Mapping[str, Any]) -> None:
+    """A stage's metrics, per-epoch curves, reports and other files (to its own run or
+    the pipeline run)."""
+    log_metrics(client, run_id, [(stage.metric_name(k), v, 0)
+                                 for k, v in numeric_items(metrics).items()])
+    if stage.history is not None and stage.history.is_file():
+        log_metrics(client, run_id, history_metrics(stage.history_prefix,
+                                                    read_csv(stage.history)))
+    log_files(client, run_id, (*stage.reports, *stage.artifacts))
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline run
+# --------------------------------------------------------------------------------------
+
+
+class PipelineRun:
+    """The run that groups one pipeline execution: all params, the final metrics."""
+
+    def __init__(self, store: Store, run_id: str, cfg: Config):
+        self.store, self.client, self.run_id, self.cfg = store, store.client, run_id, cfg
+        self.adopted = self.client.get_run(run_id).data.tags.get(ADOPTED_TAG) == "true"
+
+    @classmethod
+    def find(cls, store: Store, cfg: Config, invocation: str) -> PipelineRun | None:
+        runs = store.client.search_runs(
+            [store.experiment_id], max_results=1,
+            filter_string=f"tags.`{INVOCATION_TAG}` = '{invocation}'")
+        return cls(store, runs[0].info.run_id, cfg) if runs else None
+
+    @classmethod
+    def create(cls, store: Store, cfg: Config, invocation: str, first_stage: Stage | None,
+               adopt: str | None = None) -> PipelineRun:
+        """The pipeline run of ``invocation``, made when ``first_stage`` is the first to
+        execute: the stages upstream of it were skipped, so their reports are final.
+        ``adopt``: make the run ``mlflow run`` created the pipeline run instead."""
+        settings, client = store.settings, store.client
+        tags = provenance.run_tags(cfg, PIPELINE, settings.dvc_exp_name) | {
+            INVOCATION_TAG: invocation, "mlflow.source.name": "tlearn pipeline"}
+        if adopt:
+            run_id = adopt
+            for key, value in (tags | {ADOPTED_TAG: "true"}).items():
+                client.set_tag(run_id, key, value)
+        else:
+            name = settings.dvc_exp_name or f"{PIPELINE} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            run_id = client.create_run(store.experiment_id, tags=tags, run_name=name).info.run_id
+        log_params(client, run_id, to_flat_dict(cfg))
+        stages = all_stages()
+        upstream = [stages[s] for s in upstream_of(first_stage.name)] if first_stage else []
+        log_metrics(client, run_id, [(k, v, 0) for k, v in report_metrics(upstream).items()])
+        log.info("tracking: pipeline run %s at %s", run_id, store.uri)
+        return cls(store, run_id, cfg)
+
+    def stage_started(self, stage: Stage) -> None:
+        if not self.adopted:  # a bare `dvc repro` ended it after the previous stage
+            self.client.update_run(self.run_id, status="RUNNING")
+
+    def stage_ended(self, stage: Stage, metrics: Mapping[str, Any] | None) -> None:
+        """Add what the stage wrote (``metrics`` None: it failed) and end the run as it
+        stands, so a bare ``dvc repro`` leaves it complete after its last stage."""
+        client, run_id = self.client, self.run_id
+        executed = [s for s in client.get_run(run_id).data.tags.get(STAGES_TAG, "").split(",")
+                    if s] + [stage.name]
+        client.set_tag(run_id, STAGES_TAG, ",".join(executed))
+        if metrics is not None:
+            log_stage_outputs(client, run_id, stage, metrics)
+            log_datasets(client, run_id, self.cfg, stage.datasets)
+            self.log_settled_metrics(executed)
+            self.log_provenance()
+        if not self.adopted:
+            client.set_terminated(run_id, "FINISHED" if metrics is not None else "FAILED")
+
+    def log_settled_metrics(self, executed: list[str]) -> None:
+        """Metrics of stages DVC will not run again in this execution: those not downstream
+        of any stage that executed (values already on the run are not logged twice)."""
+        stages = all_stages()
+        downstream = {name for name in stages if upstream_of(name) & set(executed)}
+        current = self.client.get_run(self.run_id).data.metrics
+        settled = report_metrics(s for s in stages.values() if s.name not in downstream)
+        log_metrics(self.client, self.run_id,
+                    [(k, v, 0) for k, v in settled.items() if current.get(k) != v])
+
+    def log_provenance(self) -> None:
+        commit, dirty = provenance.read_git_state()
+        if commit:
+            self.client.set_tag(self.run_id, "git.dirty", str(dirty).lower())
+        if sha := provenance.data_sha256():
+            self.client.set_tag(self.run_id, "data.sha256", sha)
+        for path, digest in provenance.lock_hashes().items():
+            self.client.set_tag(self.run_id, f"dvc.{path}", digest)
+
+    def finish(self, returncode: int, files: Iterable[Path]) -> None:
+        """``tlearn run``'s last word once DVC exited: the final metrics and reports of the
+        stages DVC skipped, the hashes of the finished dvc.lock, ``files``, and the status
+        from DVC's exit code."""
+        client, run_id = self.client, self.run_id
+        if returncode == 0:
+            self.log_settled_metrics([])
+            self.log_provenance()
+            executed = client.get_run(run_id).data.tags.get(STAGES_TAG, "").split(",")
+            log_files(client, run_id, [path for stage in all_stages().values()
+                                       if stage.name not in executed
+                                       for path in (*stage.reports, *stage.artifacts)])
+            log_files(client, run_id, files)
+            log_datasets(client, run_id, self.cfg, SPLITS)
+        status = "FINISHED" if returncode == 0 else ("KILLED" if returncode == 130 else "FAILED")
+        if self.adopted:  # `mlflow run` ends the run it made itself
+            client.set_tag(run_id, "tlearn.status", status)
+            if name := client.get_run(run_id).data.tags.get("dvc.exp_name"):
+                client.update_run(run_id, name=name)
+        else:
+            client.set_terminated(run_id, status)
+        metrics = client.get_run(run_id).data.metrics
+        if "test/accuracy" in metrics:
+            log.info("tracking: pipeline run %s: test/accuracy %.4f; compare runs with "
+                     "`make ui`", run_id, metrics["test/accuracy"])
+
+
+def latest_pipeline_run(store: Store) -> Any | None:
+    runs = store.client.search_runs([store.experiment_id], max_results=1,
+                                    filter_string=f"tags.stage = '{PIPELINE}'",
+                                    order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+# --------------------------------------------------------------------------------------
+# Stage runs
+# --------------------------------------------------------------------------------------
+
+
+class StageRun:
+    """One stage's run, nested under the pipeline run of its execution when there is one."""
+
+    def __init__(self, store: Store, stage: Stage, cfg: Config):
+        import mlflow
+
+        self.store, self.stage, self.cfg, self.client = store, stage, cfg, store.client
+        self.pipeline = self._pipeline()
+        tags = provenance.run_tags(cfg, stage.name, store.settings.dvc_exp_name) | {
+            "mlflow.source.name": f"tlearn {stage.name}"}
+        if self.pipeline:
+            tags["mlflow.parentRunId"] = self.pipeline.run_id
+        experiment_id = (self.client.get_run(self.pipeline.run_id).info.experiment_id
+                         if self.pipeline else store.experiment_id)
+        run_id = self.client.create_run(experiment_id, run_name=stage.name,
+                                        tags=tags).info.run_id
+        while mlflow.active_run():  # never nest under a run left active in this process
+            mlflow.end_run()
+        # Active for MLflow's model logging; an explicit id wins over a stray MLFLOW_RUN_ID.
+        self.run = mlflow.start_run(run_id=run_id)
+        self.run_id = self.run.info.run_id
+        log_params(self.client, self.run_id, stage_params(cfg, stage))
+        log.info("tracking: %s run %s%s at %s", stage.name, self.run_id,
+                 f" (pipeline {self.pipeline.run_id})" if self.pipeline else "", store.uri)
+
+    def _pipeline(self) -> PipelineRun | None:
+        """The pipeline run of this execution (made now if this stage is the first to
+        execute); None for a stage run on its own, outside DVC and ``tlearn run``."""
+        invocation = self.store.settings.invocation
+        if not invocation:
+            return None
+        pipeline = (PipelineRun.find(self.store, self.cfg, invocation)
+                    or PipelineRun.create(self.store, self.cfg, invocation, self.stage))
+        pipeline.stage_started(self.stage)
+        return pipeline
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        """Log what the completed stage wrote, here and on the pipeline run."""
+        from tlearn.tracking import models, registry
+
+        with self.store.guarded():
+            stage, client = self.stage, self.client
+            log_datasets(client, self.run_id, self.cfg, stage.datasets)
+            log_stage_outputs(client, self.run_id, stage, metrics)
+            if stage.model is not None:
+                models.log_project_model(stage.model)
+            if stage.registers_model:
+                registry.register(self.store, self.cfg, metrics, self.run_id,
+                                  self.pipeline.run_id if self.pipeline else None)
+            if sha := provenance.data_sha256():  # download may just have written the data
+                client.set_tag(self.run_id, "data.sha256", sha)
+            if self.pipeline:
+                self.pipeline.stage_ended(stage, metrics)
+
+    def end(self, error: BaseException | None = None) -> None:
+        import mlflow
+
+        status = ("FINISHED" if error is None else
+                  "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        if error is not None:
+            with suppress(Exception):  # the stage's own error is what matters
+                self.client.set_tag(self.run_id, "error", one_line(error))
+                if self.pipeline:
+                    self.pipeline.stage_ended(self.stage, None)
+        mlflow.end_run(status)
+
+
+class _NoRun:
+    """Tracking is off: a stage runs the same, nothing is logged."""
+
+    def finish(self, metrics: Mapping[str, Any]) -> None:
+        pass
+
+
+@contextmanager
+def stage_run(stage: Stage, cfg: Config, settings: Settings) -> Iterator[StageRun | _NoRun]:
+    """Track one stage: connect first (before the stage does any work), yield the run for
+    ``run.finish(metrics)`` once the stage completed, end it FINISHED, FAILED or KILLED."""
+    store = connect(settings, cfg.tracking.experiment, cfg.tracking.required)
+    run = None
+    if store is not None:
+        with store.guarded():
+            run = StageRun(store, stage, cfg)
+    if run is None:
+        yield _NoRun()
+        return
+    try:
+        yield run
+    except BaseException as exc:
+        run.end(exc)
+        raise
+    with store.guarded():
+        run.end()
