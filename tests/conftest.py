@@ -134,3 +134,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- EfficientNet-Lite ----------------------------------------------------------------
+
+#: Arrays computed by the PyTorch EfficientNet-Lite0 with the same ImageNet weights.
+REFERENCE = SHARED / "reference"
+
+
+def normalise(rgb255: np.ndarray) -> np.ndarray:
+    """The preprocessing the backbone registry applies in front of the model."""
+    return ((rgb255 - 127.0) / 128.0).astype(np.float32)
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    """Inference without Model.predict's tracing overhead (a few images per call)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+@pytest.fixture(scope="module")
+def tmp_weights_cache(tmp_path_factory) -> Path:
+    """Keep the converted weights out of the user's real cache (one cache per module)."""
+    cache = tmp_path_factory.mktemp("tlearn-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLEARN_CACHE", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """coffee, chelsea, astronaut, rocket; RGB 0..255 at 224 px."""
+    return np.load(REFERENCE / "photos_rgb255_224.npy")
+
+
+@pytest.fixture(scope="module")
+def lite0_state_dict() -> dict[str, np.ndarray]:
+    """The PyTorch tensors of the efficientnet-lite0 weights package, by name."""
+    from tlearn.models.lite_weights import package_weights_file
+    from tlearn.models.pth import load_state_dict
+
+    return load_state_dict(package_weights_file("efficientnet_lite0"))

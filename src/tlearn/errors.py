@@ -11,3 +11,7 @@ class ConfigError(TlearnError):
 
 class DataError(TlearnError):
     """The data source or its contents cannot be used."""
+
+
+class WeightsError(TlearnError):
+    """A weights file is unreadable or does not fit the network (names the tensor/file)."""
