@@ -7,12 +7,12 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Never pick up a parent run by accident (see tlearn.tracking).
 unexport MLFLOW_RUN_ID
 
-.PHONY: run test test-slow bench ui tune retrain clean help
+.PHONY: run test test-slow bench ui clean help
 
 help:
 	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
 	@echo "make test       build .venv, then the test suite (what CI runs)"
-	@echo "make test-slow  the tests marked slow (real data, long training)"
+	@echo "make test-slow  the tests marked slow (building the four largest Keras backbones)"
 	@echo "make bench      throughput and memory figures, printed"
 	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"
 

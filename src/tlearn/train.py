@@ -62,7 +62,9 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 @dataclass
 class EarlyStopping:
-    """Early stopping on validation loss, as plain state so a checkpoint can carry it."""
+    """Early stopping on validation loss with Keras' semantics: stop once ``patience``
+    epochs in a row did not improve on the best (patience 0: at the first that did not).
+    Plain state, so a checkpoint can carry it."""
 
     patience: int
     best_loss: float = float("inf")
@@ -79,7 +81,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.wait > self.patience
+        return self.wait > 0 and self.wait >= self.patience
 
 
 def fit_epochs(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
@@ -193,5 +195,6 @@ def finetune(model: keras.Model, base: keras.Model, train: Split, validation: Sp
         array_dataset(validation.images, one_hot(validation.labels, n_classes),
                       params.batch_size),
         epochs=params.epochs, patience=params.patience, first_epoch=first_epoch,
-        checkpoint=checkpoint)
+        checkpoint=checkpoint,
+        class_weight=class_weights(train.labels, n_classes, head.class_weight))
     return model, history, trained_layers

@@ -34,14 +34,22 @@ pytestmark = [
 ]
 
 
-def test_lite0_transfer_learning_on_cats_and_dogs(tmp_path):
-    shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A project folder in which every stage ran on the photos."""
+    root = tmp_path_factory.mktemp("cats_and_dogs")
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     sets = [arg for key, value in OVERRIDES.items() for arg in ("-S", f"{key}={value}")]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TLEARN_TRACKING_OFF": "1"}
     for stage in STAGES:
-        result = subprocess.run([str(BIN / "tlearn"), stage, *sets], cwd=tmp_path, env=env,
+        result = subprocess.run([str(BIN / "tlearn"), stage, *sets], cwd=root, env=env,
                                 capture_output=True, text=True)
         assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    return root
+
+
+def test_lite0_transfer_learning_on_cats_and_dogs(trained):
+    tmp_path = trained
 
     prepared = json.loads((tmp_path / "reports/prepare.json").read_text())
     assert prepared["counts"] == {split: {"cats": n, "dogs": n}
@@ -53,3 +61,18 @@ def test_lite0_transfer_learning_on_cats_and_dogs(tmp_path):
     assert report["accuracy"] >= 0.98
     finetune = json.loads((tmp_path / "reports/finetune.json").read_text())
     assert finetune["unfrozen_layers"] > 0
+
+
+def test_a_flipped_cat_is_still_a_cat(trained):
+    """Model behaviour: a mirror image is the same animal."""
+    import numpy as np
+
+    from tlearn.data.store import load_split
+    from tlearn.predict import load_predictor
+
+    predictor = load_predictor(str(trained / "models" / "model.keras"))
+    test = load_split(trained / "data" / "prepared" / "test.npz")
+    as_is = predictor.predict(test.images.astype("float32")).argmax(1)
+    flipped = predictor.predict(test.images[:, :, ::-1].astype("float32")).argmax(1)
+    assert np.mean(flipped == test.labels) >= 0.97
+    assert np.mean(flipped == as_is) >= 0.98

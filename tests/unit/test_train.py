@@ -23,7 +23,37 @@ def test_early_stopping_waits_patience_epochs_after_the_best():
         if stopper.should_stop:
             stopped_at = epoch
             break
-    assert (stopper.best_epoch, stopper.best_loss, stopped_at) == (5, 0.4, 8)
+    # Epochs 3 and 4 do not beat epoch 2: stop after epoch 4, as Keras does (the old rule
+    # ran a third epoch, found 0.4 at epoch 5 and stopped after 8).
+    assert (stopper.best_epoch, stopper.best_loss, stopped_at) == (2, 0.5, 4)
+
+
+def _keras_stop_epoch(losses: list[float], patience: int) -> int:
+    """The epoch (1-based) after which keras.callbacks.EarlyStopping stops training."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    callback = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
+    callback.set_model(model)
+    model.stop_training = False
+    callback.on_train_begin()
+    for epoch, loss in enumerate(losses):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+        if model.stop_training:
+            return epoch + 1
+    return len(losses)
+
+
+@pytest.mark.parametrize("patience", [0, 1, 2, 3])
+@pytest.mark.parametrize("losses", [[1.0, 0.5, 0.6, 0.7, 0.4, 0.45, 0.5, 0.55, 0.6],
+                                    [1.0, 0.9, 0.8, 0.7, 0.6],
+                                    [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]])
+def test_early_stopping_stops_where_keras_does(losses, patience):
+    stopper, stopped_at = train.EarlyStopping(patience), len(losses)
+    for epoch, loss in enumerate(losses, start=1):
+        stopper.update(epoch, loss)
+        if stopper.should_stop:
+            stopped_at = epoch
+            break
+    assert stopped_at == _keras_stop_epoch(losses, patience)
 
 
 def test_balanced_class_weights_undo_imbalance():
@@ -143,3 +173,27 @@ def test_classification_report_numbers():
     assert report["per_class"]["dog"] == pytest.approx(
         {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
     assert list(worst_mistakes(y, probs, 5)) == [1, 5]  # 0.6 wrong before 0.5 wrong
+
+
+def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory):
+    """head.class_weight: balanced reaches the fine-tune's fit as it reaches the head's."""
+    from tlearn.data.store import Split
+
+    base = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="conv")],
+                            name="base")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(base(inputs, training=False)))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (20, 8, 8, 3), dtype=np.uint8)
+    split = Split(images, np.array([0] * 16 + [1] * 4), np.array(["f"] * 20))
+    seen = []
+    real_fit_epochs = train.fit_epochs
+    monkeypatch.setattr(train, "fit_epochs", lambda *a, **kw: seen.append(kw["class_weight"])
+                        or real_fit_epochs(*a, **kw))
+    for mode in ("balanced", "none"):
+        cfg = cfg_factory({"head.class_weight": mode, "finetune.unfreeze": 1,
+                           "finetune.epochs": 1, "finetune.batch_size": 10})
+        train.finetune(model, base, split, split, cfg.finetune, cfg.head, cfg.augment, seed=0)
+    assert seen[0] == pytest.approx({0: 20 / 32, 1: 20 / 8}) and seen[1] is None

@@ -1,6 +1,6 @@
 """Decode, validate, square-ify and resize one image.
 
-Square-ifying follows the teaching material: ``crop`` takes the centred square of the
+Three ways to make a photo square: ``crop`` takes the centred square of the
 short side, ``pad`` letterboxes the long side with black bars, ``warp`` simply resizes
 (changing the aspect ratio). All three end at ``size x size`` RGB uint8.
 """

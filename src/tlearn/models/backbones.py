@@ -28,67 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-from keras import ops
 
 from tlearn.errors import TlearnError
 from tlearn.models import lite
+from tlearn.models.preprocess import PREPROCESS_MODES, Preprocess  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------
-
-#: ImageNet channel statistics used by the "caffe" (BGR, 0..255) and "torch" (RGB, 0..1)
-#: conventions, exactly as in ``keras.applications.imagenet_utils``.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
-TORCH_RGB_STD = (0.229, 0.224, 0.225)
-
-PREPROCESS_MODES = ("caffe", "tf", "torch", "lite", "none")
-
-
-@keras.saving.register_keras_serializable(package="tlearn")
-class Preprocess(keras.layers.Layer):
-    """Map raw RGB pixels (floats 0..255) to what a backbone family was trained on.
-
-    It is a layer, not a numpy function, so the saved ``.keras`` model carries its own
-    preprocessing and always takes raw RGB: nobody serving it can forget or mix it up.
-
-    Modes: ``caffe`` RGB->BGR minus the ImageNet BGR means (VGG, ResNet v1);
-    ``tf`` x/127.5 - 1 (Inception, Xception, MobileNet v1/v2, ResNet v2, NASNet);
-    ``torch`` x/255 then per-channel (x - mean)/std (DenseNet); ``lite`` (x - 127)/128
-    (EfficientNet-Lite); ``none`` identity, for Keras models that preprocess inside
-    (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3).
-    """
-
-    def __init__(self, mode: str = "none", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocessing mode {mode!r}; "
-                             f"expected one of {', '.join(PREPROCESS_MODES)}")
-        self.mode = mode
-
-    def call(self, inputs):
-        x = ops.cast(inputs, self.compute_dtype)
-        if self.mode == "caffe":
-            return ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_BGR_MEAN, x.dtype)
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(TORCH_RGB_MEAN, x.dtype)
-            std = ops.convert_to_tensor(TORCH_RGB_STD, x.dtype)
-            return (x / 255.0 - mean) / std
-        if self.mode == "lite":
-            return (x - 127.0) / 128.0
-        return x
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode}
-
 
 # --------------------------------------------------------------------------------------
 # The registry
@@ -401,8 +346,8 @@ def build_classifier(name: str, weights: str = "imagenet",
                      image_size: int | None = None) -> keras.Model:
     """The full ImageNet classifier: raw RGB 0..255 in, 1000 softmax probabilities out.
 
-    This is the teaching material's first method (VGG16 predicting "coffee_mug") with
-    the preprocessing folded in, so ``tlearn predict`` treats it like a trained model.
+    The plainest use of a pretrained network (VGG16 says "coffee_mug" for a photo of a
+    mug), with the preprocessing folded in, so ``tlearn predict`` treats it like a trained model.
     Keras only accepts the default size with ImageNet weights and a top.
     """
     entry = get(name)

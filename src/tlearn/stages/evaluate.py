@@ -35,7 +35,7 @@ def run(cfg: Config) -> dict:
     from tlearn import plots
     from tlearn.data.store import load_split
     from tlearn.io import read_csv, read_json, write_csv, write_json
-    from tlearn.metrics import classification_report, predict_probabilities, worst_mistakes
+    from tlearn.metrics import classification_report, predict_probabilities
     from tlearn.models import backbones  # noqa: F401  registers tlearn's layers for loading
 
     labels = read_json(paths.LABELS)
@@ -60,14 +60,8 @@ def run(cfg: Config) -> dict:
     head_history, finetune_history = read_csv(TRAIN_HEAD.history), read_csv(FINETUNE.history)
     plots.training_curves(head_history + finetune_history, CURVES_PNG,
                           phase_start=finetune_history[0]["epoch"] if finetune_history else None)
-    mistakes = worst_mistakes(test.labels, probs["model"], cfg.evaluate.misclassified)
-    if len(mistakes):
-        plots.labelled_images(
-            [test.images[i] for i in mistakes],
-            [f"true {labels[test.labels[i]]}\npred {labels[predicted[i]]} "
-             f"{probs['model'][i, predicted[i]]:.0%}" for i in mistakes], MISTAKES_PNG)
-    else:
-        plots.labelled_images([test.images[0]], ["no mistakes"], MISTAKES_PNG)
+    plots.worst_mistakes(test.images, test.labels, probs["model"], labels,
+                         cfg.evaluate.misclassified, MISTAKES_PNG)
     log.info("evaluate: test accuracy %.4f (head %.4f), top-%d %.4f, loss %.4f on %d images",
              report["accuracy"], report["head_accuracy"], report["k"],
              report["top_k_accuracy"], report["loss"], report["n_test"])
