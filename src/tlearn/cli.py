@@ -97,7 +97,7 @@ def _run_stage(args: argparse.Namespace) -> int:
     # The tracking store is checked before the stage does any work: a dead server fails
     # the stage within seconds and nothing is written.
     with stage_run(stage, cfg, args.settings) as run:
-        metrics = stage.run(cfg)
+        metrics = stage.run(cfg, tracker=run)
         run.finish(metrics)
     log.debug("%s metrics: %s", args.stage, metrics)
     return 0

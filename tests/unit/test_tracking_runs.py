@@ -164,3 +164,27 @@ def test_report_metrics_read_every_declared_json_report(project):
     assert runs.report_metrics(stages.all_stages().values()) == {"test/accuracy": 0.9,
                                                                  "test/k": 5.0}
     assert os.environ.get(store.ENV_INVOCATION) is None
+
+
+def test_a_stage_can_log_child_runs_in_one_batch_each(client, source, monkeypatch):
+    """What tuning trials and baseline classifiers use: runs nested under the stage's run,
+    metrics per step kept until the child ends."""
+    client, exp_id = client
+    from tlearn.tracking.runs import StageRun
+    from tlearn.tracking.store import Settings
+
+    connected = store.connect(Settings.from_environ(), "tlearn")
+    stage_run = StageRun(connected, stages.get("download"), config.load("params.yaml"))
+    trial = stage_run.child("trial 0", {"head.dropout": 0.25})
+    trial.log({"val_accuracy": 0.5}, step=1)
+    trial.log({"val_accuracy": 0.75}, step=2)
+    assert client.get_run(trial.run_id).data.metrics == {}  # nothing sent yet
+    trial.end("KILLED", tags={"optuna.state": "PRUNED"})
+    stage_run.end()
+    got = client.get_run(trial.run_id)
+    assert got.info.status == "KILLED" and got.data.tags["optuna.state"] == "PRUNED"
+    assert got.data.tags["mlflow.parentRunId"] == stage_run.run_id
+    assert got.data.params == {"head.dropout": "0.25"}
+    assert [(m.step, m.value) for m in client.get_metric_history(trial.run_id, "val_accuracy")] \
+        == [(1, 0.5), (2, 0.75)]
+    assert stages.UNTRACKED.child("x", {}).log({"a": 1.0}) is None

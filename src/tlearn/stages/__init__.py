@@ -1,7 +1,8 @@
 """The pipeline's stages, each declared once in its own module of this package.
 
 A stage module holds a :class:`Stage` record named ``STAGE`` (what it reads, writes and
-reports) and a function ``run(cfg) -> dict of metrics``. Everything else derives from
+reports) and a function ``run(cfg) -> dict of metrics`` (``run(cfg, tracker)`` for a stage
+that logs runs of its own, such as tuning trials: see :class:`Tracker`). Everything else derives from
 those records: the ``tlearn <stage>`` subcommands, what tracking logs for a stage, and
 the code dependencies ``dvc.yaml`` must list (a test checks that dvc.yaml agrees).
 Adding a stage means one new module here plus its ``dvc.yaml`` entry.
@@ -15,9 +16,12 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import inspect
 import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/tlearn
 #: Modules that never change what a stage writes (parsing params, error types, logging to
@@ -57,9 +61,42 @@ class Stage:
     def metric_name(self, key: str) -> str:
         return f"{self.metric_prefix}/{key}" if self.metric_prefix else f"{self.name}.{key}"
 
-    def run(self, cfg) -> dict:
-        module = importlib.import_module(self.module)
-        return module.run(cfg)
+    def run(self, cfg, tracker: Tracker | None = None) -> dict:
+        function = importlib.import_module(self.module).run
+        if "tracker" in inspect.signature(function).parameters:
+            return function(cfg, tracker=tracker or UNTRACKED)
+        return function(cfg)
+
+
+class ChildRun(Protocol):
+    """A run nested under a stage's run (a tuning trial, a baseline classifier)."""
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Metrics at ``step`` (an epoch), kept and sent in one batch at :meth:`end`."""
+
+    def end(self, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        """FINISHED, FAILED or KILLED, with tags such as the trial's state."""
+
+
+class Tracker(Protocol):
+    """What a stage may ask of tracking without knowing MLflow; tlearn.tracking gives a
+    stage's run, or :data:`UNTRACKED` when tracking is off."""
+
+    def child(self, name: str, params: Mapping[str, Any]) -> ChildRun: ...
+
+
+class Untracked:
+    def child(self, name: str, params: Mapping[str, Any]) -> Untracked:
+        return self
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        pass
+
+
+UNTRACKED = Untracked()
 
 
 @functools.cache

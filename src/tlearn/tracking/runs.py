@@ -24,7 +24,7 @@ from typing import Any
 from tlearn.config import Config, to_flat_dict
 from tlearn.data.splits import SPLITS
 from tlearn.io import read_csv
-from tlearn.stages import Stage, all_stages, upstream_of
+from tlearn.stages import Stage, Untracked, all_stages, upstream_of
 from tlearn.tracking import provenance
 from tlearn.tracking.store import Settings, Store, connect, one_line
 
@@ -288,6 +288,13 @@ class StageRun:
         pipeline.stage_started(self.stage)
         return pipeline
 
+    def child(self, name: str, params: Mapping[str, Any]) -> ChildRun | Untracked:
+        """A run nested under this stage's run (see :class:`tlearn.stages.Tracker`)."""
+        with self.store.guarded():
+            if not self.store.disabled:
+                return ChildRun(self.store, self.client.get_run(self.run_id), name, params)
+        return Untracked()
+
     def finish(self, metrics: Mapping[str, Any]) -> None:
         """Log what the completed stage wrote, here and on the pipeline run."""
         from tlearn.tracking import models, registry
@@ -319,7 +326,30 @@ class StageRun:
         mlflow.end_run(status)
 
 
-class _NoRun:
+class ChildRun:
+    """A run nested under a stage's run; its metrics go in one batch when it ends, so
+    logging costs a few requests per child whatever its number of epochs."""
+
+    def __init__(self, store: Store, parent: Any, name: str, params: Mapping[str, Any]):
+        self.store, self.client = store, store.client
+        tags = {"mlflow.parentRunId": parent.info.run_id, "stage": parent.data.tags["stage"]}
+        self.run_id = self.client.create_run(parent.info.experiment_id, run_name=name,
+                                             tags=tags).info.run_id
+        log_params(self.client, self.run_id, params)
+        self.metrics: list[tuple[str, float, int]] = []
+
+    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.metrics += [(k, v, step) for k, v in numeric_items(metrics).items()]
+
+    def end(self, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        with self.store.guarded():
+            log_metrics(self.client, self.run_id, self.metrics)
+            for key, value in (tags or {}).items():
+                self.client.set_tag(self.run_id, key, value)
+            self.client.set_terminated(self.run_id, status)
+
+
+class _NoRun(Untracked):
     """Tracking is off: a stage runs the same, nothing is logged."""
 
     def finish(self, metrics: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""``make bench``: the figures behind tlearn's speed claims, printed.
+"""Data stages and backbone forward speed, printed.
 
 - prepare: wall time and peak memory for the cats-vs-dogs photos (4,000 JPEGs, 160 px crop);
 - reading the prepared splits back (MB/s);
@@ -24,7 +24,7 @@ from tlearn import paths
 from tlearn.io import read_json
 from tlearn.stages import prepare
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CATS_AND_DOGS = REPO.parent / "shared" / "datasets" / "cats_and_dogs"
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SIZES = (224, 160, 128)
@@ -44,7 +44,7 @@ def bench_prepare(source: Path = CATS_AND_DOGS, image_size: int = 160) -> Path:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    n = read_json(work / prepare.REPORT)["n_images"]
+    n = read_json(work / prepare.STAGE.metrics[0])["n_images"]
     print(f"prepare   {n} images at {image_size} px: {seconds:.1f} s "
           f"({n / seconds:.0f} images/s, {os.cpu_count()} processes), "
           f"peak memory {peak_mb:.0f} MB (largest process)")
