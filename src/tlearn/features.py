@@ -1,16 +1,19 @@
-"""Cached features: the frozen base runs once over every split, so the head phase
-(and tuning) trains on small arrays in seconds instead of images in minutes."""
+"""Cached features: the frozen base runs once over every split, so the head phase (and
+tuning and the classical baselines) trains on small arrays in seconds instead of images
+in minutes. One folder per split: ``x.npy`` (float32 ``(N, D)`` pooled vectors, or
+``(N, h, w, C)`` maps for a flatten head) and ``y.npy`` (class indices)."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
+from tqdm import tqdm
 
 from tlearn import paths
+from tlearn.data.store import ArrayWriter, SplitReader
 
 
 @dataclass(frozen=True)
@@ -22,24 +25,37 @@ class FeatureSet:
         return len(self.y)
 
 
-def extract(extractor: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    if len(images) == 0:
-        return np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
-    return extractor.predict(images, batch_size=batch_size, verbose=1 if sys.stdout.isatty() else 0)
+def feature_folder(split: str, folder: Path = paths.FEATURES) -> Path:
+    return folder / split
 
 
-def feature_file(split: str, folder: Path = paths.FEATURES) -> Path:
-    return folder / f"{split}.npz"
+def extract(extractor, images: SplitReader, target: Path, batch_size: int) -> tuple[int, ...]:
+    """Run ``extractor`` over every image of a split, batch by batch, into ``target``;
+    returns the shape of one feature vector (or map)."""
+    shape = tuple(int(d) for d in extractor.output.shape[1:])
+    target.mkdir(parents=True)
+    with ArrayWriter(target / "x.npy", len(images), shape, "float32") as out:
+        for batch in tqdm(_float_batches(images, batch_size), total=-(-len(images) // batch_size),
+                          desc=target.name, unit="batch", disable=None):
+            out.write(np.asarray(extractor.predict_on_batch(batch)))
+    np.save(target / "y.npy", images.labels)
+    return shape
 
 
-def save(path: Path, features: FeatureSet) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, x=features.x, y=features.y)
+def _float_batches(images: SplitReader, batch_size: int) -> Iterator[np.ndarray]:
+    for batch in images.batches(batch_size):
+        yield batch.images.astype("float32")
+
+
+def save(target: Path, features: FeatureSet) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    np.save(target / "x.npy", features.x)
+    np.save(target / "y.npy", features.y)
 
 
 def load(split: str, folder: Path = paths.FEATURES) -> FeatureSet:
-    with np.load(feature_file(split, folder)) as data:
-        return FeatureSet(x=data["x"], y=data["y"])
+    where = feature_folder(split, folder)
+    return FeatureSet(x=np.load(where / "x.npy"), y=np.load(where / "y.npy"))
 
 
 def load_training(folder: Path = paths.FEATURES) -> FeatureSet:

@@ -3,18 +3,16 @@ recall / F1, the confusion matrix, and the worst mistakes."""
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterable
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-BATCH_SIZE = 64
-
-
-def predict_probabilities(model, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Class probabilities of a Keras model taking raw RGB; a progress bar on a terminal."""
-    return model.predict(images, batch_size=batch_size, verbose=1 if sys.stdout.isatty() else 0)
+def predict_probabilities(model, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """Class probabilities of a Keras model taking raw RGB, batch by batch (uint8 or float)."""
+    out = [np.asarray(model.predict_on_batch(np.asarray(b, dtype="float32"))) for b in batches]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), "float32")
 
 
 def classification_report(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:

@@ -12,7 +12,7 @@ PREPARED = DATA / "prepared"
 PREPARED_LABELS = PREPARED / "labels.json"
 PREPARED_PREPROCESS = PREPARED / "preprocess.json"  # image size and resize mode of the splits
 AUGMENTED = DATA / "augmented"
-AUGMENTED_TRAIN = AUGMENTED / "train.npz"
+AUGMENTED_TRAIN = AUGMENTED / "train"
 FEATURES = DATA / "features"
 EXTRACTOR = FEATURES / "extractor.keras"  # the frozen base that made the features
 CHECKPOINTS = DATA / "checkpoints"      # finetune resume state, not a DVC output
@@ -25,4 +25,5 @@ REPORTS = Path("reports")
 
 
 def prepared_split(split: str) -> Path:
-    return PREPARED / f"{split}.npz"
+    """The folder of one prepared split (see tlearn.data.store)."""
+    return PREPARED / split

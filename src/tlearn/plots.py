@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -51,16 +51,17 @@ def message(text: str, path: Path) -> None:
     save(fig, path)
 
 
-def worst_mistakes(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray,
-                   labels: Sequence[str], count: int, path: Path) -> int:
-    """The ``count`` most confidently wrong predictions, captioned true / predicted /
-    confidence; a line of text instead when there is nothing to show. Returns how many."""
+def worst_mistakes(take_images: Callable[[Sequence[int]], np.ndarray], y_true: np.ndarray,
+                   probs: np.ndarray, labels: Sequence[str], count: int, path: Path) -> int:
+    """The ``count`` most confidently wrong predictions (images fetched by index with
+    ``take_images``), captioned true / predicted / confidence; a line of text instead when
+    there is nothing to show. Returns how many."""
     from tlearn.metrics import worst_mistakes as select
 
     chosen = select(y_true, probs, count)
     if len(chosen):
         predicted = probs.argmax(axis=1)
-        labelled_images([images[i] for i in chosen],
+        labelled_images(list(take_images(chosen)),
                         [f"true {labels[y_true[i]]}\npred {labels[predicted[i]]} "
                          f"{probs[i, predicted[i]]:.0%}" for i in chosen], path)
     elif count == 0:

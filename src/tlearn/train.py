@@ -18,14 +18,13 @@ import numpy as np
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from tlearn.config import AugmentParams, FinetuneParams, HeadParams
-from tlearn.data.augmentation import build_augmenter
+from tlearn.config import FinetuneParams, HeadParams
 from tlearn.features import FeatureSet
 from tlearn.models.head import build_head, unfreeze_top
 
 if TYPE_CHECKING:
     from tlearn.checkpoint import Checkpoint
-    from tlearn.data.store import Split
+    from tlearn.data.batches import ImageBatches
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -84,7 +83,8 @@ class EarlyStopping:
         return self.wait > 0 and self.wait >= self.patience
 
 
-def fit_epochs(model: keras.Model, train: tf.data.Dataset, validation: tf.data.Dataset,
+def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
+               validation: tf.data.Dataset | ImageBatches,
                epochs: int, patience: int, first_epoch: int = 1,
                checkpoint: Checkpoint | None = None,
                class_weight: dict[int, float] | None = None,
@@ -106,6 +106,8 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset, validation: tf.data.D
     for i in range(start, epochs):
         if stopper.should_stop:
             break
+        if hasattr(train, "set_epoch"):  # batches drawn from the seed and the epoch
+            train.set_epoch(i)
         result = model.fit(train, validation_data=validation, epochs=i + 1, initial_epoch=i,
                            class_weight=class_weight, shuffle=False, verbose=int(progress_bar))
         row = {"epoch": first_epoch + i,
@@ -173,12 +175,12 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
         class_weight=class_weights(train.y, n_classes, params.class_weight))
 
 
-def finetune(model: keras.Model, base: keras.Model, train: Split, validation: Split,
-             params: FinetuneParams, head: HeadParams, augment: AugmentParams, seed: int,
+def finetune(model: keras.Model, base: keras.Model, train: ImageBatches,
+             validation: ImageBatches, params: FinetuneParams, head: HeadParams,
              first_epoch: int = 1, checkpoint: Checkpoint | None = None,
              ) -> tuple[keras.Model, list[dict], list[str]]:
     """Unfreeze the top of ``base`` (inside ``model``), recompile with the lower
-    ``params.learning_rate`` and train end to end on the images with online augmentation.
+    ``params.learning_rate`` and train end to end on the (augmented) image batches.
     Returns the model with its best epoch restored, the history and the layers trained.
 
     The caller seeds (``keras.utils.set_random_seed``) before loading ``model``: its
@@ -186,15 +188,8 @@ def finetune(model: keras.Model, base: keras.Model, train: Split, validation: Sp
     trained_layers = unfreeze_top(base, params.unfreeze)
     compile_classifier(model, make_optimizer(head.optimizer, params.learning_rate,
                                              head.momentum), head.label_smoothing)
-    n_classes = model.output.shape[-1]
-    augmenter = build_augmenter(augment, seed=seed)
     model, history = fit_epochs(
-        model,
-        array_dataset(train.images, one_hot(train.labels, n_classes), params.batch_size,
-                      seed=seed, transform=lambda x: augmenter(x, training=True)),
-        array_dataset(validation.images, one_hot(validation.labels, n_classes),
-                      params.batch_size),
-        epochs=params.epochs, patience=params.patience, first_epoch=first_epoch,
-        checkpoint=checkpoint,
-        class_weight=class_weights(train.labels, n_classes, head.class_weight))
+        model, train, validation, epochs=params.epochs, patience=params.patience,
+        first_epoch=first_epoch, checkpoint=checkpoint,
+        class_weight=class_weights(train.split.labels, train.n_classes, head.class_weight))
     return model, history, trained_layers

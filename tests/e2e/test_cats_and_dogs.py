@@ -71,7 +71,7 @@ def test_a_flipped_cat_is_still_a_cat(trained):
     from tlearn.predict import load_predictor
 
     predictor = load_predictor(str(trained / "models" / "model.keras"))
-    test = load_split(trained / "data" / "prepared" / "test.npz")
+    test = load_split(trained / "data" / "prepared" / "test")
     as_is = predictor.predict(test.images.astype("float32")).argmax(1)
     flipped = predictor.predict(test.images[:, :, ::-1].astype("float32")).argmax(1)
     assert np.mean(flipped == test.labels) >= 0.97

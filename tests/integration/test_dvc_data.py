@@ -77,7 +77,7 @@ def test_repro_then_nothing_then_only_augment(repo):
 
     manifest = read_json(repo / "data" / "raw" / "manifest.json")
     assert manifest["counts"] == CLASSES and manifest["kind"] == "folder"
-    splits = {s: load_split(repo / "data" / "prepared" / f"{s}.npz")
+    splits = {s: load_split(repo / "data" / "prepared" / s)
               for s in ("train", "validation", "test")}
     assert sum(len(s) for s in splits.values()) == 36
     for s in splits.values():
@@ -85,7 +85,7 @@ def test_repro_then_nothing_then_only_augment(repo):
     # 12 per class at 0.15/0.15 -> 2 validation and 2 test images per class
     assert len(splits["validation"]) == 6 and len(splits["test"]) == 6 and len(splits["train"]) == 24
     assert read_json(repo / "data" / "prepared" / "labels.json") == sorted(CLASSES)
-    augmented = load_split(repo / "data" / "augmented" / "train.npz")
+    augmented = load_split(repo / "data" / "augmented" / "train")
     assert augmented.images.shape == (48, 32, 32, 3) and augmented.images.dtype == np.uint8
     assert np.array_equal(augmented.labels, np.tile(splits["train"].labels, 2))
     report = read_json(repo / "reports" / "prepare.json")
@@ -112,7 +112,8 @@ def test_repro_then_nothing_then_only_augment(repo):
     unchanged = {k: v for k, v in after.items() if k.startswith(("data/raw/", "data/prepared/"))
                  or k == "reports/prepare.json"}
     assert unchanged == {k: v for k, v in before.items() if k in unchanged}
-    assert len(unchanged) == 36 + 1 + 5 + 1  # images + manifest, 3 npz + 2 json, report
-    assert after["data/augmented/train.npz"] != before["data/augmented/train.npz"]
-    augmented = load_split(repo / "data" / "augmented" / "train.npz")
+    assert len(unchanged) == 36 + 1 + 9 + 2 + 1  # images + manifest, 3 splits x 3 files,
+    # labels.json and preprocess.json, the prepare report
+    assert after["data/augmented/train/images.npy"] != before["data/augmented/train/images.npy"]
+    augmented = load_split(repo / "data" / "augmented" / "train")
     assert augmented.images.shape == (24, 32, 32, 3)

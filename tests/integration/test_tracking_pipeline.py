@@ -31,7 +31,8 @@ from PIL import Image
 
 from conftest import copy_project, free_port
 from tlearn import config
-from tlearn.io import file_digest, read_csv
+from tlearn.data.store import split_digest
+from tlearn.io import read_csv
 from tlearn.tracking import provenance, store
 
 BIN = Path(sys.executable).parent
@@ -240,7 +241,7 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
                 "reports/head_history.csv"} <= artifact_paths(client, run.info.run_id, "reports")
         inputs = {d.dataset.name.split("/")[-1]: d.dataset.digest for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"train", "validation", "test"}
-        assert inputs["test"] == file_digest(project / "data/prepared/test.npz")[:16]
+        assert inputs["test"] == split_digest(project / "data/prepared/test")[:16]
     # same head/* names in both runs: the compare view lines them up
     assert set(pipelines[0].data.metrics) == set(pipelines[1].data.metrics)
 
@@ -273,7 +274,7 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
     assert sorted(versions, key=int) == ["1", "2"]
     acc = [float(versions[v].tags["test_accuracy"]) for v in ("1", "2")]
     assert acc == pytest.approx([r["evaluate"]["accuracy"] for r in reports])
-    split = file_digest(project / "data/prepared/test.npz")
+    split = split_digest(project / "data/prepared/test")
     assert versions["1"].tags["test_split_sha256"] == versions["2"].tags["test_split_sha256"] == split
     assert versions["2"].tags["pipeline_run_id"] == pipelines[1].info.run_id
     assert reports[0]["promote"].startswith("promoted: tlearn v1")
@@ -291,10 +292,11 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
         "import json, sys, numpy as np, mlflow\n"
         f"mlflow.set_tracking_uri({server!r})\n"
         "m = mlflow.pyfunc.load_model('models:/tlearn@challenger')\n"
-        f"d = np.load({str(project / 'data/prepared/test.npz')!r})\n"
-        "p = np.asarray(m.predict(d['images'].astype('float32')))\n"
+        f"x = np.load({str(project / 'data/prepared/test/images.npy')!r})\n"
+        f"y = np.load({str(project / 'data/prepared/test/labels.npy')!r})\n"
+        "p = np.asarray(m.predict(x.astype('float32')))\n"
         "print(json.dumps({'shape': p.shape, 'sums': p.sum(1).tolist(),"
-        " 'accuracy': float((p.argmax(1) == d['labels']).mean()),"
+        " 'accuracy': float((p.argmax(1) == y).mean()),"
         " 'labels': m.metadata.metadata['labels'], 'input': str(m.metadata.get_input_schema())}))\n")
     out = json.loads(sh(sys.executable, "-c", script, cwd=tmp_path, stdout_only=True))
     assert out["shape"] == [6, 3] and out["labels"] == sorted(COLOURS)

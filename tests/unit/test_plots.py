@@ -24,7 +24,7 @@ def test_worst_mistakes_show_the_most_confident_errors_first(drawn, tmp_path):
     images = np.zeros((4, 8, 8, 3), np.uint8)
     y = np.array([0, 0, 1, 1])
     probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]])
-    assert plots.worst_mistakes(images, y, probs, LABELS, 5, tmp_path / "m.png") == 2
+    assert plots.worst_mistakes(images.__getitem__, y, probs, LABELS, 5, tmp_path / "m.png") == 2
     assert drawn == [("images", ["true cat\npred dog 80%", "true dog\npred cat 60%"])]
 
 
@@ -32,10 +32,10 @@ def test_no_mistakes_or_none_asked_for_draw_a_sentence_not_an_image(drawn, tmp_p
     """evaluate.misclassified: 0 used to draw test image 0 captioned "no mistakes"."""
     images = np.zeros((2, 8, 8, 3), np.uint8)
     wrong = np.array([[0.1, 0.9], [0.9, 0.1]])
-    assert plots.worst_mistakes(images, np.array([0, 1]), wrong, LABELS, 0,
+    assert plots.worst_mistakes(images.__getitem__, np.array([0, 1]), wrong, LABELS, 0,
                                 tmp_path / "m.png") == 0
     right = np.array([[0.9, 0.1], [0.1, 0.9]])
-    plots.worst_mistakes(images, np.array([0, 1]), right, LABELS, 16, tmp_path / "m.png")
+    plots.worst_mistakes(images.__getitem__, np.array([0, 1]), right, LABELS, 16, tmp_path / "m.png")
     assert drawn == [("message", "evaluate.misclassified is 0: no mistakes drawn"),
                      ("message", "no mistakes on the 2 test images")]
 

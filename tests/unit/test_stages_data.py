@@ -45,7 +45,7 @@ def test_prepare_outputs(prepared):
     classes = sorted(UNEVEN)
     assert read_json(paths.PREPARED / "labels.json") == classes
     assert sorted(p.name for p in paths.PREPARED.iterdir()) == [
-        "labels.json", "preprocess.json", "test.npz", "train.npz", "validation.npz"]
+        "labels.json", "preprocess.json", "test", "train", "validation"]
     # later stages check the prepared images against params.yaml before using them
     check_preprocess(paths.PREPARED_PREPROCESS, 16, "crop")
     with pytest.raises(DataError, match=r"^data/prepared holds 16 px crop images but "
@@ -114,6 +114,15 @@ def _augment_cfg(**changes):
     return dataclasses.replace(make_config().augment, **changes)
 
 
+def copies_of(augmentation, pictures, cfg, seed, batch_size=64):
+    """Every copy of ``pictures`` as one array, ``batch_size`` images at a time."""
+    def batches():
+        return (pictures[i:i + batch_size] for i in range(0, len(pictures), batch_size))
+
+    made = list(augmentation.augmented_copies(batches, cfg, seed=seed))
+    return np.concatenate(made) if made else np.zeros((0, *pictures.shape[1:]), np.uint8)
+
+
 @pytest.fixture(scope="module")
 def pictures():
     rng = np.random.default_rng(0)
@@ -123,9 +132,9 @@ def pictures():
 def test_augmented_copies_are_deterministic(augmentation, pictures):
     cfg = _augment_cfg(copies=3, rotation=0.1, translation=0.1, zoom=0.1, contrast=0.2,
                        horizontal_flip=True)
-    a = augmentation.augmented_copies(pictures, cfg, seed=7)
-    b = augmentation.augmented_copies(pictures, cfg, seed=7)
-    c = augmentation.augmented_copies(pictures, cfg, seed=8)
+    a = copies_of(augmentation, pictures, cfg, seed=7)
+    b = copies_of(augmentation, pictures, cfg, seed=7)
+    c = copies_of(augmentation, pictures, cfg, seed=8)
     assert a.shape == (15, 24, 24, 3) and a.dtype == np.uint8
     assert a.tobytes() == b.tobytes()
     assert not np.array_equal(a, c)
@@ -135,16 +144,16 @@ def test_augmented_copies_are_deterministic(augmentation, pictures):
         assert not np.array_equal(a[c_ * n:(c_ + 1) * n], pictures)
     assert not np.array_equal(a[0], a[n])
     # a batch size that does not divide N still fills every slot, reproducibly
-    small = augmentation.augmented_copies(pictures, cfg, seed=7, batch_size=2)
+    small = copies_of(augmentation, pictures, cfg, seed=7, batch_size=2)
     assert small.shape == a.shape
-    assert small.tobytes() == augmentation.augmented_copies(pictures, cfg, seed=7, batch_size=2).tobytes()
+    assert small.tobytes() == copies_of(augmentation, pictures, cfg, seed=7, batch_size=2).tobytes()
 
 
 def test_copies_are_copy_major(augmentation, pictures):
     """With flips only, copy c of image i is image i or its mirror, at index c * N + i."""
     cfg = _augment_cfg(copies=4, rotation=0.0, translation=0.0, zoom=0.0, contrast=0.0,
                        horizontal_flip=True, vertical_flip=False)
-    out = augmentation.augmented_copies(pictures, cfg, seed=3)
+    out = copies_of(augmentation, pictures, cfg, seed=3)
     n = len(pictures)
     mirrored = 0
     for c in range(4):
@@ -158,12 +167,12 @@ def test_copies_are_copy_major(augmentation, pictures):
 
 
 def test_zero_copies_and_no_op_augmentation(augmentation, pictures):
-    empty = augmentation.augmented_copies(pictures, _augment_cfg(copies=0), seed=1)
+    empty = copies_of(augmentation, pictures, _augment_cfg(copies=0), seed=1)
     assert empty.shape == (0, 24, 24, 3) and empty.dtype == np.uint8
     # every range 0 and no flips (valid params) used to crash on an empty Sequential
     still = _augment_cfg(copies=2, rotation=0.0, translation=0.0, zoom=0.0, contrast=0.0,
                          horizontal_flip=False, vertical_flip=False)
-    out = augmentation.augmented_copies(pictures, still, seed=1)
+    out = copies_of(augmentation, pictures, still, seed=1)
     assert np.array_equal(out, np.concatenate([pictures, pictures]))
 
 
@@ -184,13 +193,13 @@ def test_augment_stage_writes_copies_and_preview(project, augmentation):
     cfg = make_config({"augment.copies": 3})
     metrics = augment.run(cfg)
     assert metrics == {"n_augmented": 30}
-    assert sorted(p.name for p in paths.AUGMENTED.iterdir()) == ["train.npz"]
-    out = load_split(paths.AUGMENTED / "train.npz")
+    assert sorted(p.name for p in paths.AUGMENTED.iterdir()) == ["train"]
+    out = load_split(paths.AUGMENTED / "train")
     assert out.images.shape == (30, 16, 16, 3) and out.images.dtype == np.uint8
     assert np.array_equal(out.labels, np.tile(train.labels, 3))
     assert out.files[0] == "a/00.png#0" and out.files[10 + 4] == "b/04.png#1"
     assert list(out.files) == [f"{f}#{c}" for c in range(3) for f in train.files]
-    expected = augmentation.augmented_copies(train.images, cfg.augment, seed=cfg.base.seed)
+    expected = copies_of(augmentation, train.images, cfg.augment, seed=cfg.base.seed)
     assert np.array_equal(out.images, expected)
 
     preview = paths.REPORTS / "augment_preview.png"
@@ -199,7 +208,8 @@ def test_augment_stage_writes_copies_and_preview(project, augmentation):
         png.verify()
     with Image.open(preview) as png:
         assert png.format == "PNG" and png.width > 100 and png.height > 100
-    assert not [p for p in paths.REPORTS.iterdir() if p.name != "augment_preview.png"]
+    assert sorted(p.name for p in paths.REPORTS.iterdir()) == ["augment.json",
+                                                               "augment_preview.png"]
 
 
 def test_augment_stage_with_zero_copies(project, augmentation):
@@ -207,6 +217,6 @@ def test_augment_stage_with_zero_copies(project, augmentation):
 
     _write_prepared_train(n=4)
     assert augment.run(make_config({"augment.copies": 0})) == {"n_augmented": 0}
-    out = load_split(paths.AUGMENTED / "train.npz")
+    out = load_split(paths.AUGMENTED / "train")
     assert out.images.shape == (0, 16, 16, 3) and len(out.labels) == 0
     assert (paths.REPORTS / "augment_preview.png").stat().st_size > 0

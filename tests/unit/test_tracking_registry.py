@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from tlearn import config, paths
-from tlearn.data.store import Split, save_split
+from tlearn.data.store import Split, save_split, split_digest
 from tlearn.errors import TlearnError
-from tlearn.io import file_digest
 from tlearn.tracking import models, registry, store
 
 
@@ -105,7 +104,9 @@ class HalfRight:
     """A champion that predicts class 0 for every 8 px image: 2 of the 4 below right."""
     input_shape = (None, 8, 8, 3)
 
-    def predict(self, x, batch_size=None, verbose=0):
+    output_shape = (None, 2)
+
+    def predict_on_batch(self, x):
         return np.tile([0.9, 0.1], (len(x), 1))
 
 
@@ -113,12 +114,11 @@ def _local_test_split() -> str:
     """A prepared 8 px crop test split of 4 images and 2 classes; returns its digest."""
     images = np.zeros((4, 8, 8, 3), np.uint8)
     labels = np.array([0, 1, 0, 1])
-    paths.PREPARED.mkdir(parents=True)
     save_split(paths.prepared_split("test"), Split(images, labels, np.array(["f"] * 4)))
     paths.PREPARED_PREPROCESS.write_text(json.dumps({"image_size": 8, "resize_mode": "crop"}))
     paths.MODELS.mkdir()
     paths.LABELS.write_text(json.dumps(["a", "b"]))
-    return file_digest(paths.prepared_split("test"))
+    return split_digest(paths.prepared_split("test"))
 
 
 def test_promote_refuses_a_champion_made_for_other_images(versions, monkeypatch):

@@ -175,9 +175,10 @@ def test_classification_report_numbers():
     assert list(worst_mistakes(y, probs, 5)) == [1, 5]  # 0.6 wrong before 0.5 wrong
 
 
-def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory):
+def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory, tmp_path):
     """head.class_weight: balanced reaches the fine-tune's fit as it reaches the head's."""
-    from tlearn.data.store import Split
+    from tlearn.data.batches import ImageBatches
+    from tlearn.data.store import Split, SplitReader, save_split
 
     base = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="conv")],
                             name="base")
@@ -187,7 +188,9 @@ def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory):
     model = keras.Model(inputs, outputs)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (20, 8, 8, 3), dtype=np.uint8)
-    split = Split(images, np.array([0] * 16 + [1] * 4), np.array(["f"] * 20))
+    save_split(tmp_path / "train", Split(images, np.array([0] * 16 + [1] * 4),
+                                         np.array(["f"] * 20)))
+    split = SplitReader(tmp_path / "train")
     seen = []
     real_fit_epochs = train.fit_epochs
     monkeypatch.setattr(train, "fit_epochs", lambda *a, **kw: seen.append(kw["class_weight"])
@@ -195,5 +198,6 @@ def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory):
     for mode in ("balanced", "none"):
         cfg = cfg_factory({"head.class_weight": mode, "finetune.unfreeze": 1,
                            "finetune.epochs": 1, "finetune.batch_size": 10})
-        train.finetune(model, base, split, split, cfg.finetune, cfg.head, cfg.augment, seed=0)
+        batches = ImageBatches(split, 2, 10, seed=0, augment=cfg.augment)
+        train.finetune(model, base, batches, ImageBatches(split, 2, 10), cfg.finetune, cfg.head)
     assert seen[0] == pytest.approx({0: 20 / 32, 1: 20 / 8}) and seen[1] is None

@@ -54,11 +54,11 @@ def bench_prepare(source: Path = CATS_AND_DOGS, image_size: int = 160) -> Path:
 def bench_read(prepared: Path) -> None:
     from tlearn.data.store import load_split
 
-    files = sorted(prepared.glob("*.npz"))
-    megabytes = sum(f.stat().st_size for f in files) / 1e6
+    folders = sorted(p for p in prepared.iterdir() if p.is_dir())
+    megabytes = sum(f.stat().st_size for d in folders for f in d.iterdir()) / 1e6
     started = time.perf_counter()
-    for f in files:
-        load_split(f)
+    for folder in folders:
+        load_split(folder)
     seconds = time.perf_counter() - started
     print(f"read      prepared splits, {megabytes:.0f} MB: {seconds:.2f} s "
           f"({megabytes / seconds:.0f} MB/s)")

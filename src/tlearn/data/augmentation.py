@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterable, Iterator
 
 import keras
 import numpy as np
@@ -30,23 +30,16 @@ def build_augmenter(cfg: AugmentParams, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augmentation")
 
 
-def augmented_copies(images: np.ndarray, cfg: AugmentParams, seed: int,
-                     batch_size: int = 64) -> np.ndarray:
-    """``cfg.copies`` augmented versions of every image, copy-major:
-    result[c * N + i] is copy c of image i. Same seed and input give the same bytes."""
-    if cfg.copies == 0 or len(images) == 0:
-        return np.zeros((0, *images.shape[1:]), dtype=np.uint8)
-    out = np.empty((cfg.copies * len(images), *images.shape[1:]), dtype=np.uint8)
-    n_batches = math.ceil(len(images) / batch_size)
+def augmented_copies(batches: Callable[[], Iterable[np.ndarray]], cfg: AugmentParams,
+                     seed: int) -> Iterator[np.ndarray]:
+    """``cfg.copies`` augmented versions of every image, copy-major: all of copy 0 batch by
+    batch, then copy 1, ... (``batches()`` starts a new pass over the images each time).
+    Same seed and input give the same bytes."""
     for copy in range(cfg.copies):
         # A fresh augmenter per copy with its own seed keeps each copy reproducible on its own.
         augmenter = build_augmenter(cfg, seed=seed + 1000 * copy)
-        for b in range(n_batches):
-            batch = images[b * batch_size:(b + 1) * batch_size].astype("float32")
-            if not augmenter.layers:  # every range 0 and no flips: copies are the originals
-                result = batch
-            else:
-                result = keras.ops.convert_to_numpy(augmenter(batch, training=True))
-            start = copy * len(images) + b * batch_size
-            out[start:start + len(batch)] = np.clip(np.round(result), 0, 255).astype(np.uint8)
-    return out
+        for images in batches():
+            batch = images.astype("float32")
+            if augmenter.layers:  # every range 0 and no flips: copies are the originals
+                batch = keras.ops.convert_to_numpy(augmenter(batch, training=True))
+            yield np.clip(np.round(batch), 0, 255).astype(np.uint8)

@@ -1,23 +1,127 @@
-"""Prepared splits on disk: one uncompressed ``.npz`` per split (uint8 images, int labels,
-source file names). Uncompressed so reading is a plain memory copy (see ``make bench``).
+"""Arrays on disk that are written and read in batches, so memory never grows with the
+dataset: a 40,000-image split is streamed through the stages 64 images at a time.
 
-``preprocess.json`` beside them records how the images were made (size and resize mode):
-later stages check it against params.yaml, and it travels with the trained model so
-``tlearn predict`` square-ifies new images exactly as the training images were."""
+A prepared split is a folder: ``images.npy`` (uint8 ``(N, size, size, 3)`` RGB),
+``labels.npy`` (int64 index into labels.json) and ``files.json`` (each image's path
+relative to data/raw, or ``"<file>#<copy>"`` for an augmented copy). Plain ``.npy`` files,
+uncompressed, so a batch is one read at a known offset. They are read with explicit reads,
+not memory maps: the pages of a memory-mapped file count towards the process' memory
+until the kernel needs them back, so a full pass over a large split would look (and, for
+``ru_maxrss``, be) as large as the split.
+
+``preprocess.json`` beside the splits records how the images were made (size and resize
+mode): later stages check it against params.yaml, and it travels with the trained model
+so ``tlearn predict`` square-ifies new images exactly as the training images were.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tlearn.errors import DataError
-from tlearn.io import read_json, write_json
+from tlearn.io import file_digest, read_json, write_json
+
+IMAGES, LABELS, FILES = "images.npy", "labels.npy", "files.json"
+BATCH_SIZE = 64
+
+
+# --------------------------------------------------------------------------------------
+# One .npy array, written and read a batch at a time
+# --------------------------------------------------------------------------------------
+
+
+class ArrayWriter:
+    """Write an ``(n, *item_shape)`` .npy file batch by batch; ``n`` is known up front.
+    The file is complete (every row written) when the ``with`` block ends, else it is an
+    error."""
+
+    def __init__(self, path: Path, n: int, item_shape: tuple[int, ...], dtype: str):
+        self.path, self.n, self.dtype = Path(path), n, np.dtype(dtype)
+        self.item_shape, self.written = tuple(item_shape), 0
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (n, *self.item_shape)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.item_shape:
+            raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, expected "
+                             f"{self.item_shape}")
+        self.file.write(rows.tobytes())
+        self.written += len(rows)
+
+    def __enter__(self) -> ArrayWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.file.close()
+        if error is None and self.written != self.n:
+            raise ValueError(f"{self.path}: {self.written} rows written, {self.n} declared")
+
+
+class ArrayReader:
+    """Rows of a .npy file read on demand (a slice, or any rows by index)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise DataError(f"{self.path}: Fortran-ordered arrays are not supported")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` in one read."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        count = max(stop - start, 0)
+        data = np.fromfile(self.path, dtype=self.dtype, count=count * self.row_bytes
+                           // self.dtype.itemsize, offset=self.offset + start * self.row_bytes)
+        return data.reshape((count, *self.shape[1:]))
+
+    def take(self, indices: Sequence[int]) -> np.ndarray:
+        """Rows in the order given (a shuffled batch): one positioned read per row."""
+        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        view = out.reshape(len(indices), -1).view(np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for row, index in enumerate(indices):
+                view[row] = np.frombuffer(
+                    os.pread(fd, self.row_bytes, self.offset + int(index) * self.row_bytes),
+                    dtype=np.uint8)
+        finally:
+            os.close(fd)
+        return out
+
+    def batches(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), batch_size):
+            yield self.read(start, start + batch_size)
+
+
+# --------------------------------------------------------------------------------------
+# Image splits
+# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Split:
+    """A split (or a batch of one) in memory."""
+
     images: np.ndarray  # (N, H, W, 3) uint8 RGB
     labels: np.ndarray  # (N,) int64 index into labels.json
     files: np.ndarray   # (N,) str, path relative to data/raw (or "<file>#<copy>")
@@ -26,14 +130,82 @@ class Split:
         return len(self.labels)
 
 
-def save_split(path: Path, split: Split) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would otherwise append ".npz"
-        np.savez(f, images=split.images, labels=split.labels, files=split.files)
+class SplitReader:
+    """A prepared split on disk: labels and file names in memory, images on demand."""
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        if not (folder / IMAGES).is_file():
+            raise DataError(f"{folder}: not a prepared split (no {IMAGES}); run `tlearn prepare`")
+        self.folder, self.images = folder, ArrayReader(folder / IMAGES)
+        self.labels = np.load(folder / LABELS, allow_pickle=False)
+        self.files = np.array(read_json(folder / FILES), dtype=str)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.images.shape[1:]
+
+    def batches(self, batch_size: int = BATCH_SIZE) -> Iterator[Split]:
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield Split(self.images.read(start, stop), self.labels[start:stop],
+                        self.files[start:stop])
+
+    def load(self) -> Split:
+        """All of it in memory: for small splits, tests and figures."""
+        return Split(self.images.read(), self.labels, self.files)
 
 
-def load_split(path: Path) -> Split:
-    with np.load(path, allow_pickle=False) as data:
-        return Split(images=data["images"], labels=data["labels"], files=data["files"])
+class SplitWriter:
+    """Write a split of ``n`` images batch by batch into a new folder."""
+
+    def __init__(self, folder: Path, n: int, image_shape: tuple[int, ...]):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.images = ArrayWriter(self.folder / IMAGES, n, image_shape, "uint8")
+        self.labels: list[np.ndarray] = []
+        self.files: list[str] = []
+
+    def write(self, batch: Split) -> None:
+        self.images.write(batch.images)
+        self.labels.append(np.asarray(batch.labels, dtype=np.int64))
+        self.files += [str(f) for f in batch.files]
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.images.__exit__(kind, error, traceback)
+        if error is None:
+            labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+            np.save(self.folder / LABELS, labels)
+            self.folder.joinpath(FILES).write_text(json.dumps(self.files), encoding="utf-8")
+
+
+def split_digest(folder: Path) -> str:
+    """sha256 of a split's files together: identifies the split whatever its folder."""
+    digest = hashlib.sha256()
+    for name in (IMAGES, LABELS, FILES):
+        digest.update(f"{name}\0{file_digest(Path(folder) / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def save_split(folder: Path, split: Split) -> None:
+    """A whole in-memory split to disk (small data and tests)."""
+    with SplitWriter(folder, len(split), split.images.shape[1:]) as writer:
+        writer.write(split)
+
+
+def load_split(folder: Path) -> Split:
+    return SplitReader(folder).load()
+
+
+# --------------------------------------------------------------------------------------
+# How the images were made
+# --------------------------------------------------------------------------------------
 
 
 def save_preprocess(path: Path, image_size: int, resize_mode: str) -> None:

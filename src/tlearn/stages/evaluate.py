@@ -33,14 +33,14 @@ def run(cfg: Config) -> dict:
     import keras
 
     from tlearn import plots
-    from tlearn.data.store import load_split
+    from tlearn.data.store import SplitReader
     from tlearn.io import read_csv, read_json, write_csv, write_json
     from tlearn.metrics import classification_report, predict_probabilities
     from tlearn.models import backbones  # noqa: F401  registers tlearn's layers for loading
 
     labels = read_json(paths.LABELS)
-    test = load_split(paths.prepared_split("test"))
-    probs = {name: predict_probabilities(keras.saving.load_model(path), test.images)
+    test = SplitReader(paths.prepared_split("test"))
+    probs = {name: predict_probabilities(keras.saving.load_model(path), test.images.batches())
              for name, path in (("head", paths.HEAD_MODEL), ("model", paths.MODEL))}
     head = classification_report(test.labels, probs["head"], labels)
     final = classification_report(test.labels, probs["model"], labels)
@@ -60,7 +60,7 @@ def run(cfg: Config) -> dict:
     head_history, finetune_history = read_csv(TRAIN_HEAD.history), read_csv(FINETUNE.history)
     plots.training_curves(head_history + finetune_history, CURVES_PNG,
                           phase_start=finetune_history[0]["epoch"] if finetune_history else None)
-    plots.worst_mistakes(test.images, test.labels, probs["model"], labels,
+    plots.worst_mistakes(test.images.take, test.labels, probs["model"], labels,
                          cfg.evaluate.misclassified, MISTAKES_PNG)
     log.info("evaluate: test accuracy %.4f (head %.4f), top-%d %.4f, loss %.4f on %d images",
              report["accuracy"], report["head_accuracy"], report["k"],

@@ -1,5 +1,5 @@
 """features stage: run the frozen base once over train, the augmented copies, validation
-and test -> data/features/{split}.npz plus the extractor model that made them."""
+and test -> data/features/{split}/ plus the extractor model that made them."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def run(cfg: Config) -> dict:
     import keras
 
     from tlearn import features
-    from tlearn.data.store import check_preprocess, load_split
+    from tlearn.data.store import SplitReader, check_preprocess
     from tlearn.io import atomic_path, write_json
     from tlearn.models.head import build_extractor
 
@@ -44,12 +44,11 @@ def run(cfg: Config) -> dict:
         tmp.mkdir()
         extractor.save(tmp / paths.EXTRACTOR.name)
         for split, source in SOURCES.items():
-            images = load_split(source)
-            x = features.extract(extractor, images.images, cfg.features.batch_size)
-            features.save(features.feature_file(split, tmp),
-                          features.FeatureSet(x, images.labels))
-            n_images, shape = n_images + len(x), x.shape[1:]
-            log.info("features: %s %s", split, x.shape)
+            images = SplitReader(source)
+            shape = features.extract(extractor, images, features.feature_folder(split, tmp),
+                                     cfg.features.batch_size)
+            n_images += len(images)
+            log.info("features: %s %s", split, (len(images), *shape))
     seconds = time.perf_counter() - started
     metrics = {"n_images": n_images, "seconds": round(seconds, 2),
                "images_per_second": round(n_images / seconds, 1)}

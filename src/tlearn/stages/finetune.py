@@ -39,7 +39,8 @@ def run(cfg: Config) -> dict:
 
     from tlearn import train
     from tlearn.checkpoint import Checkpoint, fingerprint
-    from tlearn.data.store import load_split
+    from tlearn.data.batches import ImageBatches
+    from tlearn.data.store import SplitReader
     from tlearn.io import atomic_path, read_csv, write_csv, write_json
     from tlearn.models.head import count_params, find_base
 
@@ -49,11 +50,14 @@ def run(cfg: Config) -> dict:
     checkpoint = Checkpoint(
         paths.CHECKPOINTS / STAGE.name,
         fingerprint(paths.HEAD_MODEL, cfg.finetune, cfg.augment, cfg.head, cfg.base.seed))
+    n_classes = model.output.shape[-1]
+    batches = ImageBatches(SplitReader(paths.prepared_split("train")), n_classes,
+                           cfg.finetune.batch_size, seed=cfg.base.seed, augment=cfg.augment)
+    validation = ImageBatches(SplitReader(paths.prepared_split("validation")), n_classes,
+                              cfg.finetune.batch_size)
     model, history, trained_layers = train.finetune(
-        model, base, load_split(paths.prepared_split("train")),
-        load_split(paths.prepared_split("validation")), cfg.finetune, cfg.head, cfg.augment,
-        seed=cfg.base.seed, first_epoch=len(read_csv(TRAIN_HEAD.history)) + 1,
-        checkpoint=checkpoint)
+        model, base, batches, validation, cfg.finetune, cfg.head,
+        first_epoch=len(read_csv(TRAIN_HEAD.history)) + 1, checkpoint=checkpoint)
     params = count_params(model)
     log.info("fine-tune phase: unfroze %s of the %d layers of %s, %d of them with weights "
              "(BatchNorm stays frozen); %s trainable, %s non-trainable parameters",

@@ -129,9 +129,9 @@ def log_project_model(model_file: Path) -> Any:
     """Log one of the pipeline's models (models/*.keras) with the class names and image
     preparation train_head wrote beside it, and two test images as the input example."""
     from tlearn import paths
-    from tlearn.data.store import load_split
+    from tlearn.data.store import SplitReader
     from tlearn.io import read_json
 
-    example = load_split(paths.prepared_split("test")).images[:2]
+    example = SplitReader(paths.prepared_split("test")).images.read(0, 2)
     return log_model(model_file, model_file.stem, read_json(paths.LABELS),
                      read_json(paths.PREPROCESS)["resize_mode"], example)

@@ -10,7 +10,6 @@ import json
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -121,33 +120,21 @@ def dvc_invocation() -> str | None:
 # --------------------------------------------------------------------------------------
 
 
-def npz_header(path: Path, key: str) -> tuple[tuple[int, ...], Any]:
-    """(shape, dtype) of one array in an .npz, read from its header: nothing is loaded."""
-    import zipfile
-
-    import numpy as np
-
-    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
-        version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(f)
-    return tuple(shape), dtype
-
-
 def split_dataset(cfg: Config, split: str):
     """An MLflow dataset for a prepared split: shape and dtype of images and labels (schema
-    and profile), the source, and the sha256 of the split file as digest. The arrays are
-    zero-copy views of the right shape, so a large split is never loaded for this."""
+    and profile, read from the .npy headers), the source, and the split's sha256 as
+    digest. The arrays are zero-copy views of the right shape: nothing is loaded."""
     import mlflow.data
     import numpy as np
 
-    path = paths.prepared_split(split)
-    images, labels = (np.broadcast_to(np.zeros((), dtype), shape)
-                      for shape, dtype in (npz_header(path, "images"), npz_header(path, "labels")))
+    from tlearn.data.store import IMAGES, LABELS, ArrayReader, split_digest
+
+    folder = paths.prepared_split(split)
+    images, labels = (np.broadcast_to(np.zeros((), reader.dtype), reader.shape)
+                      for reader in (ArrayReader(folder / IMAGES), ArrayReader(folder / LABELS)))
     source = cfg.data.source
     name = f"{Path(source.rstrip('/')).name or source}/{split}"
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local source
         warnings.simplefilter("ignore", UserWarning)
         return mlflow.data.from_numpy(features=images, targets=labels, source=source,
-                                      name=name[:500], digest=file_digest(path)[:16])
+                                      name=name[:500], digest=split_digest(folder)[:16])

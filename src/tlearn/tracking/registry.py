@@ -12,6 +12,7 @@ from typing import Any
 from tlearn import paths
 from tlearn.config import Config
 from tlearn.errors import TlearnError
+from tlearn.data.store import split_digest
 from tlearn.io import file_digest
 from tlearn.tracking import provenance
 from tlearn.tracking.store import Settings, Store, connect
@@ -44,7 +45,7 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
             raise
     commit, _ = provenance.git_state()
     tags = {"test_accuracy": repr(float(metrics["accuracy"])),
-            "test_split_sha256": file_digest(paths.prepared_split("test")),
+            "test_split_sha256": split_digest(paths.prepared_split("test")),
             "n_test": str(metrics.get("n_test", "")), "backbone": cfg.model.backbone,
             "data.source": cfg.data.source, "evaluate_run_id": run_id, "model_md5": md5}
     for key, value in (("git.commit", commit), ("pipeline_run_id", pipeline_run_id),
@@ -125,7 +126,7 @@ def promote(settings: Settings, cfg: Config) -> Decision:
 
 def champion_accuracy(settings: Settings, client, name: str, champion, split: str) -> float:
     """The champion's test accuracy on the challenger's test split: its own tag when it was
-    evaluated on that split, else measured now on data/prepared/test.npz when that file is
+    evaluated on that split, else measured now on data/prepared/test/ when that folder is
     that split (with evaluate's own code; the result is kept as a version tag), else refused."""
     if champion.tags.get("test_split_sha256") == split:
         return float(champion.tags["test_accuracy"])
@@ -133,11 +134,11 @@ def champion_accuracy(settings: Settings, client, name: str, champion, split: st
     if key in champion.tags:
         return float(champion.tags[key])
     test = paths.prepared_split("test")
-    if not split or not test.is_file() or file_digest(test) != split:
+    if not split or not test.is_dir() or split_digest(test) != split:
         raise TlearnError(
             f"promote: champion v{champion.version} was evaluated on another test split and "
             f"the challenger's split is not in {test}; re-run evaluate on one split first")
-    from tlearn.data.store import load_preprocess, load_split
+    from tlearn.data.store import SplitReader, load_preprocess
     from tlearn.io import read_json
     from tlearn.metrics import classification_report, predict_probabilities
     from tlearn.tracking import models
@@ -152,9 +153,9 @@ def champion_accuracy(settings: Settings, client, name: str, champion, split: st
         raise TlearnError(f"promote: champion v{champion.version} takes {model.input_shape[1]} "
                           f"px {resize_mode} images, not the {prepared['image_size']} px "
                           f"{prepared['resize_mode']} test split; they cannot be compared")
-    data = load_split(test)
-    accuracy = classification_report(data.labels, predict_probabilities(model, data.images),
-                                      labels)["accuracy"]
+    data = SplitReader(test)
+    accuracy = classification_report(
+        data.labels, predict_probabilities(model, data.images.batches()), labels)["accuracy"]
     client.set_model_version_tag(name, champion.version, key, repr(accuracy))
     log.info("promote: champion v%s measured on the challenger's test split: %.4f",
              champion.version, accuracy)

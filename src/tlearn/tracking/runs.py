@@ -115,7 +115,7 @@ def log_datasets(client, run_id: str, cfg: Config, splits: Iterable[str]) -> Non
     logged = {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs} \
         if run.inputs else set()
     datasets = [(split, provenance.split_dataset(cfg, split)) for split in splits
-                if paths.prepared_split(split).is_file()]
+                if paths.prepared_split(split).is_dir()]
     inputs = [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)])
               for split, ds in datasets if (ds.name, ds.digest) not in logged]
     if inputs:

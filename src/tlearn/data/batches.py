@@ -1,0 +1,53 @@
+"""Training batches straight from a split on disk: shuffled by a seed and the epoch
+number, augmented per batch, one-hot labels. Batches are made in order in the training
+thread: the random draws then depend on the seed and the epoch alone, so a resumed run
+sees exactly what an uninterrupted one would."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from tlearn.config import AugmentParams
+from tlearn.data.augmentation import build_augmenter
+from tlearn.data.store import SplitReader
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of ``(float32 images, one-hot labels)`` from ``split``; shuffled and
+    augmented when ``seed`` is given (training), in file order when not (validation)."""
+
+    def __init__(self, split: SplitReader, n_classes: int, batch_size: int,
+                 seed: int | None = None, augment: AugmentParams | None = None):
+        super().__init__()
+        self.split, self.n_classes, self.batch_size = split, n_classes, batch_size
+        self.seed, self.augment = seed, augment
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's order and augmentation (from the seed and ``epoch`` alone)."""
+        n = len(self.split)
+        if self.seed is None:
+            self.order = np.arange(n)
+            self.augmenter = None
+            return
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        self.augmenter = (build_augmenter(self.augment, seed=self.seed + 7919 * epoch)
+                          if self.augment is not None else None)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        # Read in file order (sequential on disk), then put back in the drawn order.
+        ascending = np.argsort(rows, kind="stable")
+        images = np.empty((len(rows), *self.split.image_shape), np.uint8)
+        images[ascending] = self.split.images.take(rows[ascending])
+        x = images.astype("float32")
+        if self.augmenter is not None and self.augmenter.layers:
+            x = keras.ops.convert_to_numpy(self.augmenter(x, training=True))
+        y = np.eye(self.n_classes, dtype="float32")[self.split.labels[rows]]
+        return x, y
