@@ -15,6 +15,7 @@ import keras
 from tlearn.io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
+START = "start.weights.h5"  # the weights before the first epoch (fit_epochs' keep_start)
 
 
 @dataclass
@@ -45,6 +46,10 @@ class Checkpoint:
             return None
         return state
 
+    def exists(self) -> bool:
+        """A resumable state of these inputs is there."""
+        return self._state() is not None
+
     def load(self) -> tuple[keras.Model, dict] | None:
         state = self._state()
         if state is None:
@@ -68,11 +73,20 @@ class Checkpoint:
                                        "last": last, "best": best}))
         # Only now may the previous epoch's files go (and strays of a killed save).
         for path in self.folder.iterdir():
-            if path.name not in {self.state_file.name, last, best} and path.is_file():
+            if path.name not in {self.state_file.name, last, best, START} and path.is_file():
                 path.unlink()
 
     def restore_best(self, model: keras.Model) -> None:
         model.load_weights(self.folder / self._state()["best"])
+
+    def save_start(self, model: keras.Model) -> None:
+        """The weights before the first epoch, kept until the run is cleared."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / START) as tmp:
+            model.save_weights(tmp)
+
+    def restore_start(self, model: keras.Model) -> None:
+        model.load_weights(self.folder / START)
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -12,8 +12,9 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-from tlearn import __version__, stages
+from tlearn import __version__, config, stages
 from tlearn.errors import TlearnError
 from tlearn.tracking.store import Settings, TrackingUnavailable, apply_http_defaults
 
@@ -28,12 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args.settings = Settings.from_environ()  # the environment, read once
     try:
         return args.handler(args)
-    except TrackingUnavailable as exc:
-        print(str(exc), file=sys.stderr)
-        return 3
     except TlearnError as exc:
         print(str(exc), file=sys.stderr)
-        return 2
+        code = 3 if isinstance(exc, TrackingUnavailable) else 2
+        _tell_tlearn_run(args, code)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -78,22 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_backbones)
 
     p = sub.add_parser("predict", help="classify images with a pretrained or trained model")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, or folders (searched recursively for images)")
     p.add_argument("--model", default="models/model.keras",
                    help="imagenet:<backbone>, a .keras file (labels.json beside it) or "
                         "models:/<name>@<alias> (default: %(default)s)")
     p.add_argument("--top", type=int, default=5, help="predictions per image (default: 5)")
+    p.add_argument("--tta", choices=config.TTA_MODES, default="none",
+                   help="test-time augmentation: average over the mirror image (flip), and "
+                        "centre crops (flip_crops) (default: none)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=_predict)
     return parser
 
 
 def _run_stage(args: argparse.Namespace) -> int:
-    from tlearn import config
     from tlearn.tracking.runs import stage_run
+
+    from tlearn import preflight
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
     stage = stages.get(args.stage)
+    preflight.check(cfg, stage.params)
     # The tracking store is checked before the stage does any work: a dead server fails
     # the stage within seconds and nothing is written.
     with stage_run(stage, cfg, args.settings) as run:
@@ -111,7 +117,6 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from tlearn import config
     from tlearn.tracking import registry
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
@@ -141,11 +146,21 @@ def _predict(args: argparse.Namespace) -> int:
     from tlearn import predict
 
     return predict.run(args.images, args.model, top=args.top, fmt=args.format,
-                       settings=args.settings)
+                       settings=args.settings, tta=args.tta)
+
+
+def _tell_tlearn_run(args: argparse.Namespace, code: int) -> None:
+    """A stage that ``tlearn run`` started through DVC leaves its exit code for it: DVC
+    itself only says 255."""
+    from tlearn.pipeline import RUN_PREFIX, stage_exit_file
+
+    invocation = args.settings.invocation or ""
+    if getattr(args, "stage", None) and invocation.startswith(RUN_PREFIX) \
+            and Path(".dvc", "tmp").is_dir():
+        stage_exit_file(invocation).write_text(str(code))
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
-    from tlearn import config
 
     return config.typed_overrides(config.parse_sets(pairs))
 

@@ -56,6 +56,7 @@ class PrepareParams:
     resize_mode: Literal["crop", "pad", "warp"]
     split: SplitFractions
     max_pixels: int = field(metadata=_range(1))
+    min_side: int = field(metadata=_range(1))
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class FeaturesParams:
 @dataclass(frozen=True)
 class HeadParams:
     pooling: Literal["avg", "max", "flatten"]
-    units: list[int]
+    units: list[int] = field(metadata=_range(1))  # each layer's width
     dropout: float = field(metadata=_range(0, 0.95))
     activation: Literal["relu", "gelu", "swish", "elu", "tanh"]
     learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
@@ -100,14 +101,20 @@ class HeadParams:
 class FinetuneParams:
     unfreeze: int | str = field(metadata=_range(0))  # a layer count, or a layer name
     learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    schedule: Literal["cosine", "constant"]
     epochs: int = field(metadata=_range(0))
     batch_size: int = field(metadata=_range(1))
     patience: int = field(metadata=_range(0))
 
 
+#: Test-time augmentation (tlearn.metrics.tta_views), as EvaluateParams.tta spells it.
+TTA_MODES = ("none", "flip", "flip_crops")
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
     misclassified: int = field(metadata=_range(0, 100))
+    tta: Literal["none", "flip", "flip_crops"]
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,35 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-def predict_probabilities(model, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """Class probabilities of a Keras model taking raw RGB, batch by batch (uint8 or float)."""
-    out = [np.asarray(model.predict_on_batch(np.asarray(b, dtype="float32"))) for b in batches]
+ZOOM = 0.9  # flip_crops: the centre 90% of the image, scaled back up
+
+
+def tta_views(images: np.ndarray, tta: str) -> list[np.ndarray]:
+    """``images`` (N, H, W, 3) as the model sees them under ``tta``: as they are; and
+    mirrored (flip); and the centre crop of both, scaled back to size (flip_crops)."""
+    views = [images]
+    if tta in ("flip", "flip_crops"):
+        views.append(images[:, :, ::-1])
+    if tta == "flip_crops":
+        views += [zoom_centre(v, ZOOM) for v in views]
+    return views
+
+
+def zoom_centre(images: np.ndarray, fraction: float) -> np.ndarray:
+    import keras
+
+    height, width = images.shape[1:3]
+    top, left = round(height * (1 - fraction) / 2), round(width * (1 - fraction) / 2)
+    crop = np.asarray(images, dtype="float32")[:, top:height - top, left:width - left]
+    return keras.ops.convert_to_numpy(keras.ops.image.resize(crop, (height, width),
+                                                             interpolation="bilinear"))
+
+
+def predict_probabilities(model, batches: Iterable[np.ndarray], tta: str = "none") -> np.ndarray:
+    """Class probabilities of a Keras model taking raw RGB, batch by batch (uint8 or float),
+    averaged over the ``tta`` views of each image."""
+    out = [np.mean([np.asarray(model.predict_on_batch(np.asarray(v, dtype="float32")))
+                    for v in tta_views(batch, tta)], axis=0) for batch in batches]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), "float32")
 
 
@@ -44,3 +70,32 @@ def worst_mistakes(y_true: np.ndarray, probs: np.ndarray, count: int) -> np.ndar
     wrong = np.flatnonzero(predicted != y_true)
     confidence = probs[wrong, predicted[wrong]]
     return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def evaluation_report(reports: dict[str, dict], tta: str) -> dict:
+    """evaluate's report from the classification reports of ``model`` and ``head`` (and
+    ``model_tta``, ``head_tta`` under test-time augmentation): the fine-tuned model's
+    figures plain, the head's and the TTA ones prefixed, per class and confusion last."""
+    final, head = reports["model"], reports["head"]
+    out = {key: final[key] for key in ("accuracy", "top_k_accuracy", "loss", "n_test", "k")}
+    out |= {f"head_{key}": head[key] for key in ("accuracy", "top_k_accuracy", "loss")}
+    if tta != "none":
+        out |= {"tta": tta,
+                **{f"tta_{key}": reports["model_tta"][key] for key in ("accuracy", "loss")},
+                **{f"head_tta_{key}": reports["head_tta"][key] for key in ("accuracy", "loss")}}
+    return out | {"per_class": final["per_class"], "confusion_matrix": final["confusion_matrix"],
+                  "head_confusion_matrix": head["confusion_matrix"]}
+
+
+#: The columns of ``dvc exp show`` and ``dvc metrics diff``: a handful, in this order.
+HEADLINE = ("accuracy", "loss", "top_k_accuracy", "head_accuracy", "tta_accuracy")
+
+
+def headline(report: dict, head_training: dict, finetune_training: dict) -> dict:
+    """The pipeline's headline figures (reports/metrics.json): test accuracy, loss, top-k,
+    the head's test accuracy, the TTA accuracy, and the best validation accuracy of each
+    phase."""
+    figures = {key: report[key] for key in HEADLINE if key in report}
+    figures["val_accuracy"] = finetune_training.get("val_accuracy")
+    figures["head_val_accuracy"] = head_training.get("val_accuracy")
+    return {key: value for key, value in figures.items() if value is not None}

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from tlearn import config
 from tlearn.tracking import Settings
+from tlearn.tracking.store import ENV_INVOCATION
 
 log = logging.getLogger(__name__)
 PARAMS_YAML, DVC_LOCK = Path("params.yaml"), Path("dvc.lock")
+RUN_PREFIX = "run-"  # invocations of `tlearn run` (a bare `dvc repro` has "dvc-<pid>-...")
 
 
 def dvc_command(sets: list[tuple[str, str]], exp: bool, targets: list[str],
@@ -47,24 +49,25 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
         mlflow_project: bool = False, targets: list[str] | None = None,
         name: str | None = None) -> int:
     """Run the pipeline as one tracked execution; returns DVC's exit code."""
+    from tlearn import preflight
     from tlearn.tracking import runs, store as tracking_store
 
     pairs = config.parse_sets(sets) + config.parse_sets(project_params, keep_empty=False)
     cfg = config.load(PARAMS_YAML, overrides=config.typed_overrides(pairs))  # bad -S: exit 2
+    preflight.check(cfg)  # before DVC deletes any output: a bad value costs nothing
     store = tracking_store.connect(settings, cfg.tracking.experiment, cfg.tracking.required)
-    invocation = f"run-{uuid.uuid4().hex}"
+    invocation = f"{RUN_PREFIX}{uuid.uuid4().hex}"
     adopted = _adopt(store, cfg, invocation, settings) if mlflow_project and store else None
     env = settings.child_env(os.environ, invocation=invocation, off=store is None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = dvc_command(pairs, exp or mlflow_project, list(targets or []), name)
     log.info("run: %s", " ".join(cmd))
-    try:
-        returncode = subprocess.run(cmd, env=env).returncode
-    except KeyboardInterrupt:
-        returncode = 130
-    except OSError as exc:
-        returncode = 127
-        log.error("run: cannot start %s (%s)", cmd[0], exc)
+    params_before = PARAMS_YAML.read_bytes()
+    returncode = _run_dvc(cmd, env)
+    if returncode and PARAMS_YAML.read_bytes() != params_before:
+        # `dvc exp run -S` wrote the failed experiment's values into params.yaml.
+        PARAMS_YAML.write_bytes(params_before)
+        log.info("run: params.yaml restored to what it was before the failed run")
     if store is not None:
         with store.guarded():
             pipeline = adopted or runs.PipelineRun.find(store, cfg, invocation)
@@ -84,6 +87,28 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     if returncode:
         log.error("run: %s exited with %d", " ".join(cmd[:3]), returncode)
     return returncode
+
+
+def _run_dvc(cmd: list[str], env: dict[str, str]) -> int:
+    """Run DVC; when a stage failed with one of tlearn's own exit codes (2 bad input,
+    3 tracking down), return that instead of DVC's generic 255."""
+    exit_file = stage_exit_file(env[ENV_INVOCATION])
+    try:
+        returncode = subprocess.run(cmd, env=env).returncode
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        log.error("run: cannot start %s (%s)", cmd[0], exc)
+        return 127
+    finally:
+        stage_code = int(exit_file.read_text()) if exit_file.is_file() else None
+        exit_file.unlink(missing_ok=True)
+    return stage_code if returncode and stage_code in (2, 3) else returncode
+
+
+def stage_exit_file(invocation: str) -> Path:
+    """Where a stage of ``tlearn run``'s execution leaves its exit code when it fails."""
+    return Path(".dvc") / "tmp" / f"tlearn-exit-{invocation}"
 
 
 def _adopt(store, cfg: config.Config, invocation: str, settings: Settings):

@@ -105,9 +105,14 @@ class Predictor:
     resize_mode: str
     source: str
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities, shape (N, len(labels)), for a batch (N, size, size, 3) of raw RGB."""
-        return np.asarray(self.model.predict(images, batch_size=BATCH_SIZE, verbose=0))
+    def predict(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
+        """Probabilities, shape (N, len(labels)), for a batch (N, size, size, 3) of raw RGB,
+        averaged over the test-time augmentation views ``tta`` (see tlearn.metrics)."""
+        from tlearn.metrics import predict_probabilities
+
+        return predict_probabilities(
+            self.model, (images[i:i + BATCH_SIZE] for i in range(0, len(images), BATCH_SIZE)),
+            tta)
 
     def load_image(self, path: str | Path) -> np.ndarray:
         return load_image(path, self.image_size, self.resize_mode)
@@ -152,7 +157,7 @@ def _file_predictor(path: Path) -> Predictor:
     """A tlearn ``.keras`` model; class names and resize mode from the JSON files beside it."""
     import keras
 
-    from tlearn.models import backbones  # noqa: F401  registers Preprocess for loading
+    from tlearn.models import preprocess  # noqa: F401  registers Preprocess for loading
 
     if not path.is_file():
         raise TlearnError(f"--model: model file not found: {path}")
@@ -227,8 +232,32 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
+#: What a folder given to ``tlearn predict`` is searched for (anything else is skipped).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(paths: Sequence[str]) -> list[str]:
+    """The files to predict: each file as given, each folder's images (recursively, by
+    suffix, sorted). A path that does not exist, or a folder with no image, is an error."""
+    found: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            images = sorted(str(p) for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not images:
+                raise TlearnError(f"{given}: a folder with no images ({', '.join(IMAGE_SUFFIXES)})")
+            found += images
+        elif path.is_file():
+            found.append(given)
+        else:
+            raise TlearnError(f"{given}: no such file or folder")
+    return found
+
+
 def predict_files(predictor: Predictor, images: Sequence[str], top: int,
-                  err: TextIO) -> tuple[list[dict], int]:
+                  err: TextIO, tta: str = "none") -> tuple[list[dict], int]:
     """Predict every readable image; report each unreadable one on ``err`` and go on.
 
     Returns the results (input order, unreadable files left out) and how many failed.
@@ -246,7 +275,7 @@ def predict_files(predictor: Predictor, images: Sequence[str], top: int,
                 print(f"{path}: not a readable image ({_one_line(exc)})", file=err)
         if not arrays:
             continue
-        probabilities = predictor.predict(np.stack(arrays))
+        probabilities = predictor.predict(np.stack(arrays), tta)
         results += [{"path": str(path), "predictions": top_k(row, predictor.labels, top)}
                     for path, row in zip(paths, probabilities)]
     return results, failed
@@ -274,7 +303,7 @@ def format_json(results: list[dict]) -> str:
 
 def run(images: list[str], model: str, top: int = 5, fmt: str = "table",
         out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-        settings: Settings | None = None) -> int:
+        settings: Settings | None = None, tta: str = "none") -> int:
     """``tlearn predict``: exit 0 if every image was predicted, 1 if some could not be
     read (the rest are still printed), 2 for a bad ``--model``, ``--top`` or ``--format``,
     3 (raised as TrackingUnavailable) when the registry's store does not answer.
@@ -284,6 +313,11 @@ def run(images: list[str], model: str, top: int = 5, fmt: str = "table",
         return 2
     if top < 1:
         print(f"--top {top}: expected a positive number of classes", file=err)
+        return 2
+    try:
+        images = image_files(images)  # before the model: loading one takes seconds
+    except TlearnError as exc:
+        print(str(exc), file=err)
         return 2
     try:
         # Keras prints download progress to stdout; keep ``out`` clean for --format json.
@@ -296,6 +330,6 @@ def run(images: list[str], model: str, top: int = 5, fmt: str = "table",
         return 2
     log.info("predicting %d image(s) with %s at %d px", len(images), predictor.source,
              predictor.image_size)
-    results, failed = predict_files(predictor, images, top, err)
+    results, failed = predict_files(predictor, images, top, err, tta)
     out.write(format_json(results) if fmt == "json" else format_table(results))
     return 1 if failed else 0

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import keras
 import numpy as np
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                   momentum: float = 0.9) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=momentum)
     if name == "rmsprop":
@@ -57,6 +58,13 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype="float32")[labels]
+
+
+class Trained(NamedTuple):
+    model: keras.Model
+    history: list[dict]      # one row per epoch run
+    best_epoch: int          # the epoch whose weights the model has (-1: no epoch)
+    start: dict | None       # validation figures of the model before training (keep_start)
 
 
 @dataclass
@@ -88,22 +96,38 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
                epochs: int, patience: int, first_epoch: int = 1,
                checkpoint: Checkpoint | None = None,
                class_weight: dict[int, float] | None = None,
-               on_epoch: Callable[[dict], None] | None = None) -> tuple[keras.Model, list[dict]]:
+               on_epoch: Callable[[dict], None] | None = None,
+               keep_start: bool = False) -> Trained:
     """Train one epoch at a time with early stopping; restore the best weights at the end.
 
     Epoch numbers start at ``first_epoch`` (the fine-tune continues the head's count).
-    Returns the (possibly resumed) model and one history row per epoch run.
+    ``keep_start``: measure the model on validation before training and keep it as it
+    is when no epoch beats it (a fine-tune then never ends worse than its start there).
+    Returns the (possibly resumed) model, one history row per epoch run, and which epoch
+    was kept (``first_epoch - 1``: the start).
     """
-    stopper, history, start = EarlyStopping(patience), [], 0
-    best_weights = None
+    stopper, history, done, before = EarlyStopping(patience), [], 0, None
+    best_weights = start_weights = None
     resumed = checkpoint.load() if checkpoint else None
     if resumed:
         model, state = resumed
         stopper = EarlyStopping(**state["stopper"])
-        history, start = state["history"], state["epochs_done"]
-        log.info("resuming from the checkpoint after epoch %d", history[-1]["epoch"])
+        history, done, before = state["history"], state["epochs_done"], state.get("start")
+        log.info("resuming from the checkpoint after epoch %d", first_epoch + done - 1)
+    elif keep_start:
+        # The start competes with the epochs only at the end: early stopping counts from
+        # the first epoch, as a fine-tune often gets worse before it gets better.
+        measured = model.evaluate(validation, verbose=0, return_dict=True)
+        before = {"val_loss": float(measured["loss"]),
+                  "val_accuracy": float(measured["accuracy"])}
+        log.info("start: val_loss %.4f val_accuracy %.4f", before["val_loss"],
+                 before["val_accuracy"])
+        if checkpoint:
+            checkpoint.save_start(model)
+        else:
+            start_weights = model.get_weights()
     progress_bar = sys.stdout.isatty()  # Keras' bar on a terminal; else our line per epoch
-    for i in range(start, epochs):
+    for i in range(done, epochs):
         if stopper.should_stop:
             break
         if hasattr(train, "set_epoch"):  # batches drawn from the seed and the epoch
@@ -117,26 +141,37 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
         history.append(row)
         improved = stopper.update(row["epoch"], row["val_loss"])
         if checkpoint:
-            checkpoint.save(model, {"epochs_done": i + 1, "history": history,
+            checkpoint.save(model, {"epochs_done": i + 1, "history": history, "start": before,
                                     "stopper": stopper.__dict__}, improved)
         elif improved:
             best_weights = model.get_weights()
         if on_epoch:
             on_epoch(row)
-    if checkpoint and stopper.best_epoch >= 0:
+    best_epoch = stopper.best_epoch
+    if before is not None and (best_epoch < 0 or stopper.best_loss >= before["val_loss"]):
+        best_epoch = first_epoch - 1
+        log.info("no epoch beat the start (val_loss %.4f): kept as it was", before["val_loss"])
+        if checkpoint:
+            checkpoint.restore_start(model)
+        else:
+            model.set_weights(start_weights)
+    elif checkpoint and best_epoch >= 0:
         checkpoint.restore_best(model)
     elif best_weights is not None:
         model.set_weights(best_weights)
-    if stopper.best_epoch >= 0:
-        log.info("best epoch %d (val_loss %.4f)", stopper.best_epoch, stopper.best_loss)
-    return model, history
+    if best_epoch >= first_epoch:
+        log.info("best epoch %d (val_loss %.4f)", best_epoch, stopper.best_loss)
+    return Trained(model, history, best_epoch, before)
 
 
-def best_epoch_metrics(history: list[dict]) -> dict:
-    """Validation figures of the epoch with the lowest validation loss ({} for no epochs)."""
-    if not history:
+def best_epoch_metrics(history: list[dict], start: dict | None = None,
+                       start_epoch: int = 0) -> dict:
+    """Validation figures of the epoch with the lowest validation loss, ``start`` (epoch
+    ``start_epoch``: the model before training) included ({} when there is neither)."""
+    rows = history + ([{**start, "epoch": start_epoch}] if start else [])
+    if not rows:
         return {}
-    best = min(history, key=lambda row: row["val_loss"])
+    best = min(rows, key=lambda row: row["val_loss"])
     return {"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
             "best_epoch": best["epoch"]}
 
@@ -167,29 +202,40 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
     head = build_head(train.x.shape[1:], n_classes, params)
     compile_classifier(head, make_optimizer(params.optimizer, params.learning_rate,
                                             params.momentum), params.label_smoothing)
-    return fit_epochs(
+    head, history, *_ = fit_epochs(
         head,
         array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),
         array_dataset(validation.x, one_hot(validation.y, n_classes), params.batch_size),
         epochs=params.epochs, patience=params.patience, on_epoch=on_epoch,
         class_weight=class_weights(train.y, n_classes, params.class_weight))
+    return head, history
 
 
 def finetune(model: keras.Model, base: keras.Model, train: ImageBatches,
              validation: ImageBatches, params: FinetuneParams, head: HeadParams,
              first_epoch: int = 1, checkpoint: Checkpoint | None = None,
-             ) -> tuple[keras.Model, list[dict], list[str]]:
+             ) -> tuple[Trained, list[str]]:
     """Unfreeze the top of ``base`` (inside ``model``), recompile with the lower
-    ``params.learning_rate`` and train end to end on the (augmented) image batches.
-    Returns the model with its best epoch restored, the history and the layers trained.
+    ``params.learning_rate`` (warmed up over the first epoch, then cosine-decayed to zero
+    when ``params.schedule`` is cosine) and train end to end on the (augmented) image
+    batches. The model as it came (the head's) is measured on validation first and kept
+    when no epoch beats it, so a fine-tune never ends worse than its start there.
+    Returns what :func:`fit_epochs` returns and the layers whose weights trained.
 
     The caller seeds (``keras.utils.set_random_seed``) before loading ``model``: its
     dropout layers draw their seeds when they are built."""
     trained_layers = unfreeze_top(base, params.unfreeze)
-    compile_classifier(model, make_optimizer(head.optimizer, params.learning_rate,
-                                             head.momentum), head.label_smoothing)
-    model, history = fit_epochs(
+    learning_rate = params.learning_rate
+    if params.schedule == "cosine" and params.epochs:
+        steps = len(train) * params.epochs
+        warmup = min(len(train), steps // 10 or 1)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=max(steps - warmup, 1), warmup_target=params.learning_rate,
+            warmup_steps=warmup)
+    compile_classifier(model, make_optimizer(head.optimizer, learning_rate, head.momentum),
+                       head.label_smoothing)
+    trained = fit_epochs(
         model, train, validation, epochs=params.epochs, patience=params.patience,
-        first_epoch=first_epoch, checkpoint=checkpoint,
+        first_epoch=first_epoch, checkpoint=checkpoint, keep_start=True,
         class_weight=class_weights(train.split.labels, train.n_classes, head.class_weight))
-    return model, history, trained_layers
+    return trained, trained_layers

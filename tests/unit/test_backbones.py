@@ -14,7 +14,8 @@ keras = pytest.importorskip("keras")
 
 from tlearn.errors import TlearnError  # noqa: E402
 from tlearn.models import backbones  # noqa: E402
-from tlearn.models.backbones import REGISTRY, Preprocess  # noqa: E402
+from tlearn.models.backbones import REGISTRY  # noqa: E402
+from tlearn.models.preprocess import PREPROCESS_MODES, Preprocess  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 
@@ -103,7 +104,7 @@ def test_available_offline_looks_in_the_keras_cache(tmp_path):
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "densenet121"])
 def test_parameter_counts_match_a_fresh_build(name):
     entry = REGISTRY[name]
-    model = entry.constructor(include_top=True, weights=None,
+    model = backbones.constructor(entry)(include_top=True, weights=None,
                               input_shape=(entry.default_size, entry.default_size, 3))
     assert model.count_params() == entry.parameters
 
@@ -120,7 +121,7 @@ def _raw_batch() -> np.ndarray:
 @pytest.mark.parametrize("name", KERAS_NAMES)
 def test_preprocess_matches_the_keras_family(name):
     entry = REGISTRY[name]
-    family = entry.constructor.__module__.rsplit(".", 1)[-1]  # e.g. "resnet_v2"
+    family = backbones.constructor(entry).__module__.rsplit(".", 1)[-1]  # e.g. "resnet_v2"
     reference = getattr(keras.applications, family).preprocess_input
     x = _raw_batch()
     expected = np.asarray(reference(x.copy()))
@@ -140,7 +141,7 @@ def test_unknown_preprocess_mode_is_refused():
         Preprocess("imagenet")
 
 
-@pytest.mark.parametrize("mode", backbones.PREPROCESS_MODES)
+@pytest.mark.parametrize("mode", PREPROCESS_MODES)
 def test_preprocess_round_trips_through_keras_file(tmp_path, mode):
     inputs = keras.Input((5, 7, 3))
     model = keras.Model(inputs, Preprocess(mode, name="preprocess")(inputs))
@@ -184,7 +185,7 @@ def test_lite_base_builds_headless_and_agrees_with_lite_module(name):
     size = entry.default_size
     base = backbones.build_base(name, size, weights="none")
     _assert_headless(base, size, 1280)
-    full = entry.constructor(include_top=True, weights=None, input_shape=(size, size, 3))
+    full = backbones.constructor(entry)(include_top=True, weights=None, input_shape=(size, size, 3))
     assert full.count_params() == entry.parameters
 
 
@@ -280,5 +281,5 @@ def test_family_module_import_is_public():
     # The preprocess test derives keras.applications.<family> from the constructor's
     # module; make sure that really is a public module for every entry.
     for name in KERAS_NAMES:
-        family = REGISTRY[name].constructor.__module__.rsplit(".", 1)[-1]
+        family = backbones.constructor(REGISTRY[name]).__module__.rsplit(".", 1)[-1]
         assert importlib.import_module(f"keras.applications.{family}")

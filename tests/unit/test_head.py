@@ -123,7 +123,7 @@ def test_head_learns_binary_and_multiclass(n_classes, cfg_factory):
     val = np.arange(len(y)) % 4 == 0
     head = build_head((32,), n_classes, small_head(cfg_factory, dropout=0.1))
     train.compile_classifier(head, train.make_optimizer("adam", 1e-2), label_smoothing=0.05)
-    head, history = train.fit_epochs(
+    head, history, *_ = train.fit_epochs(
         head, train.array_dataset(x[~val], train.one_hot(y[~val], n_classes), 32, seed=0),
         train.array_dataset(x[val], train.one_hot(y[val], n_classes), 32), epochs=15, patience=3)
     probs = head.predict(x[val], verbose=0)

@@ -53,6 +53,8 @@ def _bad_files(folder: Path) -> dict[str, str]:
     (folder / "notes.jpg").write_text("this is a text file, not a photo\n" * 20)
     (folder / "huge.png").write_bytes(png_header(100_000, 100_000))
     save_image(folder / "big.png", noise(100, 100, seed=5))
+    save_image(folder / "pixel.png", noise(1, 1, seed=6))
+    save_image(folder / "sliver.gif", noise(3, 40, seed=7))
     return {
         "truncated.jpg": "truncated or corrupt: image file is truncated",
         "empty.jpg": "empty file",
@@ -60,6 +62,8 @@ def _bad_files(folder: Path) -> dict[str, str]:
         "notes.jpg": "not an image (unrecognised format)",
         "huge.png": "too large",
         "big.png": "too large: 100x100 pixels (prepare.max_pixels is 5,000)",
+        "pixel.png": "too small: 1x1 pixels (prepare.min_side is 8)",
+        "sliver.gif": "too small: 40x3 pixels (prepare.min_side is 8)",
     }
 
 
@@ -67,7 +71,7 @@ def test_each_bad_kind_raises_bad_image_with_reason(tmp_path):
     expected = _bad_files(tmp_path)
     for name, reason in expected.items():
         with pytest.raises(BadImage) as info:
-            load_rgb(tmp_path / name, 16, "crop", max_pixels=5000)
+            load_rgb(tmp_path / name, 16, "crop", max_pixels=5000, min_side=8)
         assert str(info.value).startswith(reason), (name, str(info.value))
 
 
@@ -98,7 +102,7 @@ def test_prepare_quarantines_bad_files_and_keeps_every_good_one(project, tmp_pat
     assert sorted(reasons) == sorted(expected)
     for file, reason in expected.items():
         assert reasons[file].startswith(reason), (file, reasons[file])
-    assert metrics["n_quarantined"] == report["n_quarantined"] == 7
+    assert metrics["n_quarantined"] == report["n_quarantined"] == 9
     assert metrics["n_images"] == report["n_images"] == 16
     assert metrics["n_duplicates"] == 0
 

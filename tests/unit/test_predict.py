@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")
 from tlearn import predict  # noqa: E402
 from tlearn.data.images import load_rgb  # noqa: E402
 from tlearn.errors import TlearnError  # noqa: E402
-from tlearn.models.backbones import Preprocess  # noqa: E402
+from tlearn.models.preprocess import Preprocess  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 COLOURS = ["red", "green", "blue"]
@@ -74,13 +74,14 @@ def test_lite0_predicts_espresso_and_tiger_cat(photos):
 def test_unreadable_files_are_reported_and_the_rest_predicted(photos, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
-    missing = tmp_path / "missing.jpg"
-    code, out, err = _run([photos["coffee"], notes, missing, photos["chelsea"]],
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    code, out, err = _run([photos["coffee"], notes, broken, photos["chelsea"]],
                           "imagenet:efficientnet_lite0", top=1, fmt="table")
     assert code == 1
     lines = err.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith(f"{notes}: ") and lines[1].startswith(f"{missing}: ")
+    assert lines[0].startswith(f"{notes}: ") and lines[1].startswith(f"{broken}: ")
     table = out.splitlines()
     assert table[0].split() == ["path", "rank", "label", "probability"]
     assert len(table) == 3
@@ -130,6 +131,33 @@ def test_keras_model_with_labels_json(tmp_path):
     assert [r["predictions"][0]["label"] for r in results] == ["red", "blue"]
     assert [p["index"] for p in results[0]["predictions"]] == [0, 1, 2]
     assert sum(p["probability"] for p in results[1]["predictions"]) == pytest.approx(1.0)
+
+
+def test_inputs_are_checked_before_any_model_is_loaded(tmp_path, monkeypatch):
+    def no_loading(*args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(predict, "load_predictor", no_loading)
+    code, out, err = _run([_solid(tmp_path / "r.png", (250, 0, 0)), tmp_path / "gone.jpg"],
+                          "imagenet:efficientnet_lite0")
+    assert (code, out) == (2, "") and err == f"{tmp_path / 'gone.jpg'}: no such file or folder\n"
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run([tmp_path / "empty"], "imagenet:efficientnet_lite0")
+    assert code == 2 and "a folder with no images" in err
+
+
+def test_folders_are_searched_for_images_in_sorted_order(tmp_path):
+    model = _tiny_colour_model(tmp_path / "models")
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    _solid(folder / "b" / "blue.PNG", (10, 10, 250))
+    _solid(folder / "a.jpg", (250, 10, 10))
+    (folder / "notes.txt").write_text("skipped: not an image")
+    _solid(folder / ".hidden.png", (10, 250, 10))
+    code, out, err = _run([folder], str(model), top=1)
+    assert (code, err) == (0, "")
+    assert [(Path(r["path"]).name, r["predictions"][0]["label"]) for r in json.loads(out)] == [
+        ("a.jpg", "red"), ("blue.PNG", "blue")]
 
 
 def test_top_is_capped_by_the_number_of_classes(tmp_path):

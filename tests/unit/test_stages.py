@@ -33,18 +33,27 @@ def test_dvc_yaml_entry_matches_the_declaration(name):
     assert spec["cmd"] == f"tlearn {name}"
     assert entries(spec, "deps") == [str(p) for p in (*stage.deps, *code_deps(name))]
     assert spec["params"] == list(stage.params)
-    assert entries(spec, "outs") == [str(p) for p in stage.outs]
+    report = [str(stage.report)] if stage.report else []
+    assert entries(spec, "outs") == [str(p) for p in stage.outs] + report
     assert entries(spec, "metrics") == [str(p) for p in stage.metrics]
     assert entries(spec, "plots") == [str(p) for p in stage.plots]
-    for section in ("metrics", "plots"):  # reports are small: git keeps them, not the cache
-        assert all(options.get("cache") is False for entry in spec.get(section) or []
-                   for options in entry.values())
+    reports = [entry for section in ("outs", "metrics", "plots")
+               for entry in spec.get(section) or [] if isinstance(entry, dict)]
+    assert [name for entry in reports for name in entry] == report + entries(spec, "metrics") \
+        + entries(spec, "plots")  # reports are small: git keeps them, not the DVC cache
+    assert all(options.get("cache") is False for entry in reports for options in entry.values())
 
 
 def test_every_stage_keeps_its_figures_in_a_json_report():
     """The pipeline run of a later execution reads the figures of stages it skipped."""
     for stage in stages.all_stages().values():
-        assert [p.suffix for p in stage.metrics] == [".json"]
+        assert stage.report.suffix == ".json" and stage.report.parent.name == "reports"
+
+
+def test_dvc_metrics_are_a_handful_of_headline_figures():
+    """`dvc exp show` and `dvc metrics diff` get one small file, not every report."""
+    metrics = [str(p) for stage in stages.all_stages().values() for p in stage.metrics]
+    assert metrics == ["reports/metrics.json"]
 
 
 def test_every_stage_is_a_subcommand_with_its_help():

@@ -60,7 +60,8 @@ def test_stage_params_are_the_keys_the_stage_declares():
     assert "augment.copies" not in finetune and "head.dropout" not in finetune
     assert set(runs.stage_params(cfg, stages.get("train_head"))) == \
         {"base.seed"} | {k for k in flat if k.startswith("head.")}
-    assert set(runs.stage_params(cfg, stages.get("evaluate"))) == {"evaluate.misclassified"}
+    assert set(runs.stage_params(cfg, stages.get("evaluate"))) == {"evaluate.misclassified",
+                                                                   "evaluate.tta"}
     assert "prepare.split.validation" in runs.stage_params(cfg, stages.get("prepare"))
 
 
@@ -120,7 +121,7 @@ def test_stages_of_one_execution_share_one_pipeline_run(client, source, monkeypa
     assert main(["download", "-S", f"data.source={source}"]) == 0
     (pipeline,) = stage_runs(client, exp_id, runs.PIPELINE)
     assert pipeline.info.status == "FINISHED"
-    assert main(["prepare", "-S", f"data.source={source}", "-S", "prepare.image_size=8"]) == 0
+    assert main(["prepare", "-S", f"data.source={source}", "-S", "prepare.image_size=32"]) == 0
     (pipeline,) = stage_runs(client, exp_id, runs.PIPELINE)
     assert pipeline.info.status == "FINISHED"
     assert pipeline.data.tags[runs.STAGES_TAG] == "download,prepare"
@@ -135,11 +136,11 @@ def test_stages_of_one_execution_share_one_pipeline_run(client, source, monkeypa
                                       client.list_artifacts(pipeline.info.run_id, "reports")}
 
     monkeypatch.setenv(store.ENV_INVOCATION, "run-two")
-    assert main(["prepare", "-S", f"data.source={source}", "-S", "prepare.image_size=12"]) == 0
+    assert main(["prepare", "-S", f"data.source={source}", "-S", "prepare.image_size=36"]) == 0
     second, first = stage_runs(client, exp_id, runs.PIPELINE)
     assert first.info.run_id == pipeline.info.run_id
     assert second.data.tags[runs.STAGES_TAG] == "prepare"
-    assert second.data.params["prepare.image_size"] == "12"
+    assert second.data.params["prepare.image_size"] == "36"
     assert second.data.metrics["download.n_files"] == 16.0  # upstream, not run again
 
 
@@ -147,13 +148,18 @@ def test_a_failed_stage_ends_its_run_and_the_pipeline_run_failed(client, tmp_pat
                                                                  monkeypatch):
     client, exp_id = client
     monkeypatch.setenv(store.ENV_INVOCATION, "run-failing")
-    assert main(["download", "-S", f"data.source={tmp_path / 'missing'}"]) == 2
+    broken = tmp_path / "photos.zip"  # passes the checks up front, fails when read
+    broken.write_bytes(b"PK\x03\x04 not a zip")
+    assert main(["download", "-S", f"data.source={broken}"]) == 2
     (run,) = stage_runs(client, exp_id, "download")
     assert run.info.status == "FAILED" and run.data.metrics == {}
-    assert "missing" in run.data.tags["error"]
+    assert "photos.zip" in run.data.tags["error"]
     (pipeline,) = stage_runs(client, exp_id, runs.PIPELINE)
     assert pipeline.info.status == "FAILED"
     assert not paths.RAW.exists()
+    # A value the checks up front refuse fails before any run is made.
+    assert main(["download", "-S", f"data.source={tmp_path / 'missing'}"]) == 2
+    assert len(stage_runs(client, exp_id, "download")) == 1
 
 
 def test_report_metrics_read_every_declared_json_report(project):

@@ -83,7 +83,7 @@ def _tlearn(*args: str, cwd: Path, **env: str) -> tuple[subprocess.CompletedProc
 
 @pytest.fixture
 def folder_source(tmp_path):
-    image_folder(tmp_path / "src", {"a": 3, "b": 3}, size=(16, 16))
+    image_folder(tmp_path / "src", {"a": 8, "b": 8}, size=(16, 16))
     return tmp_path / "src"
 
 

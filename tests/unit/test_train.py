@@ -11,7 +11,6 @@ import pytest
 from tlearn import checkpoint as checkpoint_module
 from tlearn import train
 from tlearn.checkpoint import Checkpoint
-from tlearn.metrics import classification_report, worst_mistakes
 
 
 def test_early_stopping_waits_patience_epochs_after_the_best():
@@ -95,7 +94,7 @@ def test_checkpoint_resumes_after_a_crash(tmp_path):
         train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10, first_epoch=10,
                          checkpoint=checkpoint, on_epoch=crash_after_epoch_12)
     epochs_run = []
-    model, history = train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10,
+    model, history, *_ = train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10,
                                       first_epoch=10, checkpoint=checkpoint,
                                       on_epoch=lambda row: epochs_run.append(row["epoch"]))
     assert epochs_run == [13, 14]  # 10..12 came from the checkpoint, not rerun
@@ -139,7 +138,7 @@ def test_checkpoint_killed_between_model_and_state_resumes_the_last_complete_epo
         min(row["val_loss"] for row in state["history"]), rel=1e-4)
 
     epochs_run = []
-    model, history = train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10,
+    model, history, *_ = train.fit_epochs(tiny_model(), data, val, epochs=5, patience=10,
                                       checkpoint=checkpoint,
                                       on_epoch=lambda row: epochs_run.append(row["epoch"]))
     assert epochs_run == [3, 4, 5]
@@ -155,24 +154,9 @@ def test_checkpoint_from_other_inputs_is_ignored(tmp_path):
     data, val = tiny_problem()
     train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
                      checkpoint=Checkpoint(tmp_path / "ckpt", fingerprint="old"))
-    _, history = train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
+    _, history, *_ = train.fit_epochs(tiny_model(), data, val, epochs=2, patience=5,
                                   checkpoint=Checkpoint(tmp_path / "ckpt", fingerprint="new"))
     assert len(history) == 2
-
-
-def test_classification_report_numbers():
-    labels = ["cat", "dog", "fox"]
-    y = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.array([[.8, .1, .1], [.3, .6, .1], [.1, .8, .1],
-                      [.2, .7, .1], [.1, .2, .7], [.5, .1, .4]])
-    report = classification_report(y, probs, labels)
-    assert report["accuracy"] == pytest.approx(4 / 6)
-    assert report["k"] == 3 and report["top_k_accuracy"] == 1.0
-    assert report["loss"] == pytest.approx(-np.mean(np.log([.8, .3, .8, .7, .7, .4])))
-    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert report["per_class"]["dog"] == pytest.approx(
-        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
-    assert list(worst_mistakes(y, probs, 5)) == [1, 5]  # 0.6 wrong before 0.5 wrong
 
 
 def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory, tmp_path):
@@ -201,3 +185,30 @@ def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory, tm
         batches = ImageBatches(split, 2, 10, seed=0, augment=cfg.augment)
         train.finetune(model, base, batches, ImageBatches(split, 2, 10), cfg.finetune, cfg.head)
     assert seen[0] == pytest.approx({0: 20 / 32, 1: 20 / 8}) and seen[1] is None
+
+
+def test_keep_start_keeps_the_model_when_no_epoch_beats_it(tmp_path):
+    """A fine-tune measures its starting model first: if training only makes it worse on
+    validation, the starting weights come back (here: a learning rate too high to help)."""
+    keras.utils.set_random_seed(0)
+    data, val = tiny_problem()
+    model = tiny_model()
+    model.fit(data, epochs=20, verbose=0)  # a good start
+    start_weights = [w.copy() for w in model.get_weights()]
+    train.compile_classifier(model, train.make_optimizer("sgd", 50.0))  # ruins it
+    model, history, best_epoch, start = train.fit_epochs(
+        model, data, val, epochs=2, patience=5, first_epoch=7, keep_start=True,
+        checkpoint=Checkpoint(tmp_path / "ckpt", fingerprint="k"))
+    assert [row["epoch"] for row in history] == [7, 8]
+    assert best_epoch == 6 and start["val_loss"] < min(r["val_loss"] for r in history)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), start_weights))
+    assert train.best_epoch_metrics(history, start, start_epoch=6) == {
+        "val_accuracy": start["val_accuracy"], "val_loss": start["val_loss"], "best_epoch": 6}
+
+
+def test_keep_start_lets_a_better_epoch_win():
+    keras.utils.set_random_seed(0)
+    data, val = tiny_problem()
+    model, history, best_epoch, start = train.fit_epochs(
+        tiny_model(), data, val, epochs=3, patience=5, keep_start=True)
+    assert best_epoch in (1, 2, 3) and start["val_loss"] > min(r["val_loss"] for r in history)

@@ -44,7 +44,7 @@ def bench_prepare(source: Path = CATS_AND_DOGS, image_size: int = 160) -> Path:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    n = read_json(work / prepare.STAGE.metrics[0])["n_images"]
+    n = read_json(work / prepare.STAGE.report)["n_images"]
     print(f"prepare   {n} images at {image_size} px: {seconds:.1f} s "
           f"({n / seconds:.0f} images/s, {os.cpu_count()} processes), "
           f"peak memory {peak_mb:.0f} MB (largest process)")

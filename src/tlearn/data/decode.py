@@ -51,10 +51,11 @@ def list_files(raw: Path, has_splits: bool) -> list[RawFile]:
 
 
 def decode_all(raw: Path, files: list[RawFile], scratch: Path, size: int, mode: str,
-               max_pixels: int) -> list[Decoded]:
+               max_pixels: int, min_side: int) -> list[Decoded]:
     """Decode ``files`` into row i of ``scratch`` (uint8 ``(len(files), size, size, 3)``;
     a quarantined file leaves its row black). Returns each file's digest and error."""
-    decode = functools.partial(_decode, size=size, mode=mode, max_pixels=max_pixels)
+    decode = functools.partial(_decode, size=size, mode=mode, max_pixels=max_pixels,
+                               min_side=min_side)
     blank = np.zeros((1, size, size, 3), np.uint8)
     results = []
     with Pool(min(os.cpu_count() or 1, 8)) as pool, \
@@ -67,10 +68,10 @@ def decode_all(raw: Path, files: list[RawFile], scratch: Path, size: int, mode: 
     return results
 
 
-def _decode(path: Path, size: int, mode: str, max_pixels: int):
+def _decode(path: Path, size: int, mode: str, max_pixels: int, min_side: int):
     """Worker: ``(sha256 of the bytes, image array or None, quarantine reason or None)``."""
     digest = file_digest(path)
     try:
-        return digest, load_rgb(path, size, mode, max_pixels), None
+        return digest, load_rgb(path, size, mode, max_pixels, min_side), None
     except BadImage as exc:
         return digest, None, str(exc)

@@ -21,8 +21,10 @@ class BadImage(Exception):
     """An image that cannot be used; the message is the reason shown in the report."""
 
 
-def load_rgb(path: Path, size: int, mode: str, max_pixels: int) -> np.ndarray:
-    """Decode ``path`` and return a ``(size, size, 3)`` uint8 RGB array, or raise BadImage."""
+def load_rgb(path: Path, size: int, mode: str, max_pixels: int, min_side: int = 1) -> np.ndarray:
+    """Decode ``path`` and return a ``(size, size, 3)`` uint8 RGB array, or raise BadImage
+    (also when its short side is under ``min_side``: an icon or a tracking pixel blown up
+    to the training size teaches nothing)."""
     if path.stat().st_size == 0:
         raise BadImage("empty file")
     with warnings.catch_warnings():
@@ -33,6 +35,9 @@ def load_rgb(path: Path, size: int, mode: str, max_pixels: int) -> np.ndarray:
                 if width * height > max_pixels:
                     raise BadImage(f"too large: {width}x{height} pixels "
                                    f"(prepare.max_pixels is {max_pixels:,})")
+                if min(width, height) < min_side:
+                    raise BadImage(f"too small: {width}x{height} pixels "
+                                   f"(prepare.min_side is {min_side})")
                 # JPEG can decode straight to a smaller scale: a large speed-up, no quality
                 # loss at the final size because draft never goes below the requested size.
                 img.draft("RGB", _draft_size(width, height, size, mode))

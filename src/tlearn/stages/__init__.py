@@ -39,7 +39,8 @@ class Stage:
     params: tuple[str, ...]              # params.yaml keys (groups or dotted), as dvc.yaml lists
     deps: tuple[Path, ...]               # data and models it reads
     outs: tuple[Path, ...] = ()          # data and models it writes (cached by DVC)
-    metrics: tuple[Path, ...] = ()       # JSON reports: DVC metrics
+    report: Path | None = None           # its figures, JSON (a plain file for DVC)
+    metrics: tuple[Path, ...] = ()       # the pipeline's headline figures: DVC metrics
     plots: tuple[Path, ...] = ()         # CSV and PNG reports: DVC plots
     history: Path | None = None          # per-epoch CSV (one of ``plots``)
     history_prefix: str = ""             # MLflow name of its curves: ``<prefix>/val_accuracy``
@@ -56,7 +57,8 @@ class Stage:
 
     @property
     def reports(self) -> tuple[Path, ...]:
-        return self.metrics + self.plots
+        """Every file it writes under reports/."""
+        return (*([self.report] if self.report else []), *self.metrics, *self.plots)
 
     def metric_name(self, key: str) -> str:
         return f"{self.metric_prefix}/{key}" if self.metric_prefix else f"{self.name}.{key}"

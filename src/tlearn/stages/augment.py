@@ -18,7 +18,7 @@ STAGE = Stage(
     params=("base.seed", "augment"),
     deps=(paths.prepared_split("train"),),
     outs=(paths.AUGMENTED,),
-    metrics=(paths.REPORTS / "augment.json",),
+    report=paths.REPORTS / "augment.json",
     plots=(paths.REPORTS / "augment_preview.png",),
     datasets=("train",),
 )
@@ -55,5 +55,5 @@ def run(cfg: Config) -> dict:
     plots.image_grid(grid, STAGE.plots[0], titles=[titles])
     log.info("augment: %d copies of %d training images -> %s", copies, n, paths.AUGMENTED)
     metrics = {"n_augmented": copies * n}
-    write_json(STAGE.metrics[0], metrics)
+    write_json(STAGE.report, metrics)
     return metrics

@@ -16,7 +16,7 @@ STAGE = Stage(
     params=("data",),
     deps=(),
     outs=(paths.RAW,),
-    metrics=(paths.REPORTS / "download.json",),
+    report=paths.REPORTS / "download.json",
     artifacts=(paths.MANIFEST,),
 )
 
@@ -35,5 +35,5 @@ def run(cfg: Config) -> dict:
              len(manifest["classes"]), ", ".join(manifest["splits"] or ["no given splits"]),
              paths.RAW)
     metrics = {"n_files": manifest["n_files"], "n_classes": len(manifest["classes"])}
-    write_json(STAGE.metrics[0], metrics)
+    write_json(STAGE.report, metrics)
     return metrics

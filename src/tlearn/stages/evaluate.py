@@ -18,52 +18,54 @@ STAGE = Stage(
     help="test-split metrics, confusion matrix, curves, worst mistakes",
     params=("evaluate",),
     deps=(paths.HEAD_MODEL, paths.MODEL, paths.LABELS, paths.prepared_split("test"),
-          TRAIN_HEAD.history, FINETUNE.history),
-    metrics=(paths.REPORTS / "evaluate.json",),
+          TRAIN_HEAD.report, TRAIN_HEAD.history, FINETUNE.report, FINETUNE.history),
+    report=paths.REPORTS / "evaluate.json",
+    metrics=(paths.REPORTS / "metrics.json",),
     plots=(paths.REPORTS / "predictions.csv", paths.REPORTS / "confusion_matrix.png",
            paths.REPORTS / "training_curves.png", paths.REPORTS / "misclassified.png"),
     datasets=("test",),
     metric_prefix="test",
     registers_model=True,
 )
-REPORT, PREDICTIONS, CONFUSION_PNG, CURVES_PNG, MISTAKES_PNG = STAGE.reports
+REPORT, HEADLINE, PREDICTIONS, CONFUSION_PNG, CURVES_PNG, MISTAKES_PNG = STAGE.reports
 
 
 def run(cfg: Config) -> dict:
     import keras
 
-    from tlearn import plots
+    from tlearn import metrics, plots
     from tlearn.data.store import SplitReader
     from tlearn.io import read_csv, read_json, write_csv, write_json
-    from tlearn.metrics import classification_report, predict_probabilities
-    from tlearn.models import backbones  # noqa: F401  registers tlearn's layers for loading
+    from tlearn.models import preprocess  # noqa: F401  registers tlearn's layer for loading
 
     labels = read_json(paths.LABELS)
     test = SplitReader(paths.prepared_split("test"))
-    probs = {name: predict_probabilities(keras.saving.load_model(path), test.images.batches())
-             for name, path in (("head", paths.HEAD_MODEL), ("model", paths.MODEL))}
-    head = classification_report(test.labels, probs["head"], labels)
-    final = classification_report(test.labels, probs["model"], labels)
-    report = {
-        **{key: final[key] for key in ("accuracy", "top_k_accuracy", "loss", "n_test", "k")},
-        "head_accuracy": head["accuracy"], "head_top_k_accuracy": head["top_k_accuracy"],
-        "head_loss": head["loss"],
-        "per_class": final["per_class"], "confusion_matrix": final["confusion_matrix"],
-        "head_confusion_matrix": head["confusion_matrix"],
-    }
+    reports, probs = {}, {}
+    for name, path in (("head", paths.HEAD_MODEL), ("model", paths.MODEL)):
+        model = keras.saving.load_model(path)
+        probs[name] = metrics.predict_probabilities(model, test.images.batches())
+        reports[name] = metrics.classification_report(test.labels, probs[name], labels)
+        if cfg.evaluate.tta != "none":
+            reports[f"{name}_tta"] = metrics.classification_report(
+                test.labels, metrics.predict_probabilities(model, test.images.batches(),
+                                                           cfg.evaluate.tta), labels)
+    report = metrics.evaluation_report(reports, cfg.evaluate.tta)
     write_json(REPORT, report)
+    write_json(HEADLINE, metrics.headline(report, read_json(TRAIN_HEAD.report),
+                                          read_json(FINETUNE.report)))
 
     predicted = probs["model"].argmax(axis=1)
     write_csv(PREDICTIONS, [{"file": f, "actual": labels[t], "predicted": labels[p]}
                             for f, t, p in zip(test.files, test.labels, predicted)])
-    plots.confusion_matrix(final["confusion_matrix"], labels, CONFUSION_PNG)
+    plots.confusion_matrix(report["confusion_matrix"], labels, CONFUSION_PNG)
     head_history, finetune_history = read_csv(TRAIN_HEAD.history), read_csv(FINETUNE.history)
     plots.training_curves(head_history + finetune_history, CURVES_PNG,
                           phase_start=finetune_history[0]["epoch"] if finetune_history else None)
     plots.worst_mistakes(test.images.take, test.labels, probs["model"], labels,
                          cfg.evaluate.misclassified, MISTAKES_PNG)
-    log.info("evaluate: test accuracy %.4f (head %.4f), top-%d %.4f, loss %.4f on %d images",
-             report["accuracy"], report["head_accuracy"], report["k"],
-             report["top_k_accuracy"], report["loss"], report["n_test"])
-    return {k: report[k] for k in ("accuracy", "top_k_accuracy", "loss", "head_accuracy",
-                                    "n_test")}
+    log.info("evaluate: test accuracy %.4f (head %.4f)%s, top-%d %.4f, loss %.4f on %d images",
+             report["accuracy"], report["head_accuracy"],
+             f", with {cfg.evaluate.tta} TTA {report['tta_accuracy']:.4f}"
+             if "tta_accuracy" in report else "", report["k"], report["top_k_accuracy"],
+             report["loss"], report["n_test"])
+    return {k: v for k, v in report.items() if isinstance(v, (int, float))}

@@ -24,7 +24,7 @@ STAGE = Stage(
     deps=(paths.HEAD_MODEL, paths.prepared_split("train"), paths.prepared_split("validation"),
           TRAIN_HEAD.history),
     outs=(paths.MODEL,),
-    metrics=(paths.REPORTS / "finetune.json",),
+    report=paths.REPORTS / "finetune.json",
     plots=(paths.REPORTS / "finetune_history.csv",),
     history=paths.REPORTS / "finetune_history.csv",
     history_prefix="finetune",
@@ -55,9 +55,10 @@ def run(cfg: Config) -> dict:
                            cfg.finetune.batch_size, seed=cfg.base.seed, augment=cfg.augment)
     validation = ImageBatches(SplitReader(paths.prepared_split("validation")), n_classes,
                               cfg.finetune.batch_size)
-    model, history, trained_layers = train.finetune(
-        model, base, batches, validation, cfg.finetune, cfg.head,
-        first_epoch=len(read_csv(TRAIN_HEAD.history)) + 1, checkpoint=checkpoint)
+    first_epoch = len(read_csv(TRAIN_HEAD.history)) + 1
+    (model, history, best_epoch, start), trained_layers = train.finetune(
+        model, base, batches, validation, cfg.finetune, cfg.head, first_epoch=first_epoch,
+        checkpoint=checkpoint)
     params = count_params(model)
     log.info("fine-tune phase: unfroze %s of the %d layers of %s, %d of them with weights "
              "(BatchNorm stays frozen); %s trainable, %s non-trainable parameters",
@@ -68,6 +69,9 @@ def run(cfg: Config) -> dict:
     write_csv(STAGE.history, history)
     checkpoint.clear()
     metrics = {"epochs": len(history), "unfrozen_layers": len(trained_layers), **params,
-               **train.best_epoch_metrics(history)}
-    write_json(STAGE.metrics[0], metrics)
+               **train.best_epoch_metrics(history, start, start_epoch=first_epoch - 1),
+               "kept_head": best_epoch == first_epoch - 1}
+    if start:
+        metrics |= {f"start_{k}": v for k, v in start.items()}
+    write_json(STAGE.report, metrics)
     return metrics

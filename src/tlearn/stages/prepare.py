@@ -25,7 +25,7 @@ STAGE = Stage(
     params=("base.seed", "prepare"),
     deps=(paths.RAW,),
     outs=(paths.PREPARED,),
-    metrics=(paths.REPORTS / "prepare.json",),
+    report=paths.REPORTS / "prepare.json",
 )
 
 
@@ -48,7 +48,7 @@ def run(cfg: Config) -> dict:
         tmp.mkdir()
         scratch = tmp / "decoded.npy"
         decoded = decode.decode_all(paths.RAW, files, scratch, size, cfg.prepare.resize_mode,
-                                    cfg.prepare.max_pixels)
+                                    cfg.prepare.max_pixels, cfg.prepare.min_side)
         quarantined = [{"file": f.path, "reason": d.error}
                        for f, d in zip(files, decoded) if d.error]
         items = [splits.Item(path=f.path, label=f.label, split=f.split, digest=d.digest)
@@ -84,12 +84,11 @@ def run(cfg: Config) -> dict:
         "n_classes": len(classes),
         **{f"n_{split}": sum(counts[split].values()) for split in splits.SPLITS},
     }
-    write_json(STAGE.metrics[0], {
+    write_json(STAGE.report, {
         **metrics,
         "image_size": size,
         "resize_mode": cfg.prepare.resize_mode,
         "given_splits": manifest["splits"],
-        "seconds": round(time.perf_counter() - started, 2),
         "counts": counts,
         "quarantined": quarantined,
         "duplicates": duplicates,
@@ -97,4 +96,4 @@ def run(cfg: Config) -> dict:
     log.info("prepare: %s images kept (%s), %d quarantined, %d duplicates dropped",
              metrics["n_images"], ", ".join(f"{s} {metrics['n_' + s]}" for s in splits.SPLITS),
              len(quarantined), len(duplicates))
-    return metrics
+    return {**metrics, "seconds": round(time.perf_counter() - started, 2)}  # to MLflow only

@@ -18,7 +18,7 @@ STAGE = Stage(
     params=("base.seed", "head"),
     deps=(paths.FEATURES, paths.PREPARED_LABELS, paths.PREPARED_PREPROCESS),
     outs=(paths.HEAD_MODEL, paths.LABELS, paths.PREPROCESS),
-    metrics=(paths.REPORTS / "train_head.json",),
+    report=paths.REPORTS / "train_head.json",
     plots=(paths.REPORTS / "head_history.csv",),
     history=paths.REPORTS / "head_history.csv",
     history_prefix="head",
@@ -49,5 +49,5 @@ def run(cfg: Config) -> dict:
     write_json(paths.PREPROCESS, load_preprocess(paths.PREPARED_PREPROCESS))
     write_csv(STAGE.history, history)
     metrics = {**train.best_epoch_metrics(history), "epochs": len(history), **params}
-    write_json(STAGE.metrics[0], metrics)
+    write_json(STAGE.report, metrics)
     return metrics

@@ -45,7 +45,7 @@ class KerasClassifier(mlflow.pyfunc.PythonModel):
 def load_keras_file(path: str | Path):
     import keras
 
-    from tlearn.models import backbones  # noqa: F401  registers tlearn>Preprocess
+    from tlearn.models import preprocess  # noqa: F401  registers tlearn>Preprocess
 
     return keras.saving.load_model(path)
 

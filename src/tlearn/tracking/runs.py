@@ -67,10 +67,11 @@ def report_metrics(stages: Iterable[Stage]) -> dict[str, float]:
     """The numbers in the stages' JSON reports, under their MLflow names."""
     found = {}
     for stage in stages:
-        for path in stage.metrics:
-            with suppress(OSError, ValueError):
-                values = json.loads(path.read_text(encoding="utf-8"))
-                found |= {stage.metric_name(k): v for k, v in numeric_items(values).items()}
+        if stage.report is None:
+            continue
+        with suppress(OSError, ValueError):
+            values = json.loads(stage.report.read_text(encoding="utf-8"))
+            found |= {stage.metric_name(k): v for k, v in numeric_items(values).items()}
     return found
 
 
