@@ -9,6 +9,7 @@ that names the key path, e.g.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -127,6 +128,7 @@ class TrackingParams:
 
 @dataclass(frozen=True)
 class Config:
+    preset: str  # the preset that filled in the keys params.yaml's groups leave out
     base: BaseParams
     data: DataParams
     prepare: PrepareParams
@@ -174,7 +176,46 @@ def typed_overrides(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def from_dict(raw: dict[str, Any], source: str = "params.yaml") -> Config:
-    return _build(Config, raw, prefix="", source=source)
+    return _build(Config, apply_preset(raw, source), prefix="", source=source)
+
+
+#: ``preset: auto`` picks by data.source: the small-image preset for the embedded digits,
+#: the photo preset for everything else.
+AUTO_PRESET = {"digits": "small"}
+DEFAULT_PRESET = "photos"
+
+
+def apply_preset(raw: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
+    """Fill each key of the chosen ``presets`` entry that the groups do not set (a key set
+    in its group, or with ``-S``, wins); ``preset`` becomes the chosen name."""
+    if not isinstance(raw, dict):
+        return raw  # reported as "top level must be a mapping"
+    raw = copy.deepcopy(raw)
+    presets = raw.pop("presets", None)
+    name = raw.get("preset")
+    if not isinstance(presets, dict) or not presets:
+        raise ConfigError(f"{source}: presets must be a mapping of preset names to "
+                          f"{{key: value}} (got {presets!r})")
+    if name == "auto":
+        data_source = (raw.get("data") or {}).get("source")
+        name = AUTO_PRESET.get(data_source, DEFAULT_PRESET)
+    if name not in presets:
+        raise ConfigError(f"{source}: preset must be auto or one of {', '.join(presets)} "
+                          f"(got {name!r})")
+    _fill(raw, presets[name] or {})
+    raw["preset"] = name
+    return raw
+
+
+def _fill(target: dict, defaults: dict) -> None:
+    """Copy into ``target`` every value of ``defaults`` it lacks, into the mappings it has
+    (a missing group stays missing, and is reported so)."""
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            if isinstance(target.get(key), dict):
+                _fill(target[key], value)
+        elif key not in target:
+            target[key] = copy.deepcopy(value)
 
 
 def to_flat_dict(cfg: Config) -> dict[str, Any]:

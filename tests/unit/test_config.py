@@ -35,12 +35,30 @@ def test_repo_params_load_every_key_unchanged():
     raw = yaml.safe_load(PARAMS.read_text())
     cfg = config.load(PARAMS)
     flat = config.to_flat_dict(cfg)
-    assert flat == _flatten(raw)  # every key known, none dropped, values as written
+    # every key known, none dropped, values as written; the chosen preset fills the rest
+    assert cfg.preset == "small" and raw["preset"] == "auto"  # auto, for the digits
+    chosen = _flatten(raw.pop("presets")["small"])
+    assert flat == _flatten(raw) | chosen | {"preset": "small"}
     assert cfg.prepare.resize_mode in ("crop", "pad", "warp")
     assert isinstance(cfg.prepare.image_size, int) and 8 <= cfg.prepare.image_size <= 1024
     assert 0 < cfg.prepare.split.validation <= 0.5 and 0 < cfg.prepare.split.test <= 0.5
     with pytest.raises(AttributeError):  # frozen
         cfg.prepare.image_size = 1  # type: ignore[misc]
+
+
+def test_presets_fill_what_the_groups_leave_out():
+    photos = config.load(PARAMS, overrides={"data.source": "/my/photos"})
+    assert photos.preset == "photos"  # auto: anything but the embedded digits
+    assert (photos.prepare.image_size, photos.augment.horizontal_flip, photos.evaluate.tta) == (
+        224, True, "flip")
+    small = config.load(PARAMS, overrides={"data.source": "/my/photos", "preset": "small"})
+    assert (small.prepare.image_size, small.augment.horizontal_flip) == (96, False)
+    mine = config.load(PARAMS, overrides={"data.source": "/p", "prepare.image_size": 160})
+    assert (mine.preset, mine.prepare.image_size, mine.finetune.unfreeze) == ("photos", 160, 49)
+    assert _error(PARAMS, {"preset": "huge"}) == \
+        "params.yaml: preset must be auto or one of photos, small (got 'huge')"
+    assert _error(PARAMS, {"presets.small.prepare.imge_size": 9}).startswith(
+        "params.yaml: prepare.imge_size is not a known key")
 
 
 def test_overrides_apply_and_are_typed():
@@ -81,8 +99,8 @@ def test_overrides_apply_and_are_typed():
                                 "non-empty string (got '')"),
     ({"finetune.unfreeze": 2.5}, "params.yaml: finetune.unfreeze must be an integer or a "
                                  "non-empty string (got 2.5)"),
-    ({"prepare.image_size.x": 1}, "params.yaml: cannot set prepare.image_size.x: "
-                                  "prepare.image_size is not a mapping"),
+    ({"prepare.resize_mode.x": 1}, "params.yaml: cannot set prepare.resize_mode.x: "
+                                   "prepare.resize_mode is not a mapping"),
 ])
 def test_bad_values_name_the_key(overrides, expected):
     message = _error(PARAMS, overrides)

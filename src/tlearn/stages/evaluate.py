@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 STAGE = Stage(
     name="evaluate",
     help="test-split metrics, confusion matrix, curves, worst mistakes",
-    params=("evaluate",),
+    params=("evaluate", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.MODEL, paths.LABELS, paths.prepared_split("test"),
           TRAIN_HEAD.report, TRAIN_HEAD.history, FINETUNE.report, FINETUNE.history),
     report=paths.REPORTS / "evaluate.json",

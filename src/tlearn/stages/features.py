@@ -19,7 +19,8 @@ SOURCES = {"train": paths.prepared_split("train"), "augmented": paths.AUGMENTED_
 STAGE = Stage(
     name="features",
     help="run the frozen base once over every split and cache the outputs",
-    params=("base.seed", "prepare.image_size", "model", "features", "head.pooling"),
+    params=("base.seed", "prepare.image_size", "model", "features", "head.pooling", "preset",
+            "presets"),
     deps=(paths.PREPARED, paths.AUGMENTED),
     outs=(paths.FEATURES,),
     report=paths.REPORTS / "features.json",

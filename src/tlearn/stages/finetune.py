@@ -20,7 +20,7 @@ STAGE = Stage(
     params=("base.seed", "augment.rotation", "augment.translation", "augment.zoom",
             "augment.contrast", "augment.horizontal_flip", "augment.vertical_flip",
             "head.optimizer", "head.momentum", "head.label_smoothing", "head.class_weight",
-            "finetune"),
+            "finetune", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.prepared_split("train"), paths.prepared_split("validation"),
           TRAIN_HEAD.history),
     outs=(paths.MODEL,),
