@@ -97,12 +97,14 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
                checkpoint: Checkpoint | None = None,
                class_weight: dict[int, float] | None = None,
                on_epoch: Callable[[dict], None] | None = None,
-               keep_start: bool = False) -> Trained:
+               keep_start: bool = False, seed: int | None = None) -> Trained:
     """Train one epoch at a time with early stopping; restore the best weights at the end.
 
     Epoch numbers start at ``first_epoch`` (the fine-tune continues the head's count).
     ``keep_start``: measure the model on validation before training and keep it as it
     is when no epoch beats it (a fine-tune then never ends worse than its start there).
+    ``seed``: the random layers (dropout) of each epoch draw from it and the epoch number
+    alone, so a resumed run trains exactly as an uninterrupted one would.
     Returns the (possibly resumed) model, one history row per epoch run, and which epoch
     was kept (``first_epoch - 1``: the start).
     """
@@ -132,6 +134,8 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
             break
         if hasattr(train, "set_epoch"):  # batches drawn from the seed and the epoch
             train.set_epoch(i)
+        if seed is not None:
+            reseed_layers(model, seed, i)
         result = model.fit(train, validation_data=validation, epochs=i + 1, initial_epoch=i,
                            class_weight=class_weight, shuffle=False, verbose=int(progress_bar))
         row = {"epoch": first_epoch + i,
@@ -162,6 +166,20 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
     if best_epoch >= first_epoch:
         log.info("best epoch %d (val_loss %.4f)", best_epoch, stopper.best_loss)
     return Trained(model, history, best_epoch, before)
+
+
+def reseed_layers(model: keras.Model, seed: int, epoch: int) -> None:
+    """Restart every random layer's generator (dropout) from ``seed`` and ``epoch``: a model
+    loaded from a checkpoint draws its own seeds when it is built, not where it left off."""
+    layers, index = list(model.layers), 0
+    while layers:
+        layer = layers.pop(0)
+        layers += list(getattr(layer, "layers", []))  # nested models
+        generator = getattr(layer, "seed_generator", None)
+        if generator is not None:
+            generator.state.assign(np.array([seed + 7919 * epoch + index, 0],
+                                            dtype=generator.state.dtype))
+            index += 1
 
 
 def best_epoch_metrics(history: list[dict], start: dict | None = None,
@@ -206,14 +224,14 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
         head,
         array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),
         array_dataset(validation.x, one_hot(validation.y, n_classes), params.batch_size),
-        epochs=params.epochs, patience=params.patience, on_epoch=on_epoch,
+        epochs=params.epochs, patience=params.patience, on_epoch=on_epoch, seed=seed,
         class_weight=class_weights(train.y, n_classes, params.class_weight))
     return head, history
 
 
 def finetune(model: keras.Model, base: keras.Model, train: ImageBatches,
              validation: ImageBatches, params: FinetuneParams, head: HeadParams,
-             first_epoch: int = 1, checkpoint: Checkpoint | None = None,
+             seed: int, first_epoch: int = 1, checkpoint: Checkpoint | None = None,
              ) -> tuple[Trained, list[str]]:
     """Unfreeze the top of ``base`` (inside ``model``), recompile with the lower
     ``params.learning_rate`` (warmed up over the first epoch, then cosine-decayed to zero
@@ -236,6 +254,6 @@ def finetune(model: keras.Model, base: keras.Model, train: ImageBatches,
                        head.label_smoothing)
     trained = fit_epochs(
         model, train, validation, epochs=params.epochs, patience=params.patience,
-        first_epoch=first_epoch, checkpoint=checkpoint, keep_start=True,
+        first_epoch=first_epoch, checkpoint=checkpoint, keep_start=True, seed=seed,
         class_weight=class_weights(train.split.labels, train.n_classes, head.class_weight))
     return trained, trained_layers

@@ -183,7 +183,8 @@ def test_finetune_weighs_classes_when_the_head_does(monkeypatch, cfg_factory, tm
         cfg = cfg_factory({"head.class_weight": mode, "finetune.unfreeze": 1,
                            "finetune.epochs": 1, "finetune.batch_size": 10})
         batches = ImageBatches(split, 2, 10, seed=0, augment=cfg.augment)
-        train.finetune(model, base, batches, ImageBatches(split, 2, 10), cfg.finetune, cfg.head)
+        train.finetune(model, base, batches, ImageBatches(split, 2, 10), cfg.finetune, cfg.head,
+                       seed=0)
     assert seen[0] == pytest.approx({0: 20 / 32, 1: 20 / 8}) and seen[1] is None
 
 
@@ -212,3 +213,43 @@ def test_keep_start_lets_a_better_epoch_win():
     model, history, best_epoch, start = train.fit_epochs(
         tiny_model(), data, val, epochs=3, patience=5, keep_start=True)
     assert best_epoch in (1, 2, 3) and start["val_loss"] > min(r["val_loss"] for r in history)
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, cfg_factory):
+    """Batches, augmentation and dropout are drawn from the seed and the epoch: a run
+    killed after epoch 2 and resumed gives the same weights as one never interrupted."""
+    from tlearn.data.batches import ImageBatches
+    from tlearn.data.store import Split, SplitReader, save_split
+
+    rng = np.random.default_rng(0)
+    save_split(tmp_path / "train", Split(rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8),
+                                         np.arange(24) % 2, np.array(["f"] * 24)))
+    split = SplitReader(tmp_path / "train")
+    augment = cfg_factory({"augment.horizontal_flip": True}).augment
+
+    def model_and_data():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Dropout(0.5)(keras.layers.Flatten()(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+        train.compile_classifier(model, train.make_optimizer("adam", 0.01))
+        return model, ImageBatches(split, 2, 8, seed=3, augment=augment), ImageBatches(split, 2, 8)
+
+    model, data, val = model_and_data()
+    straight = train.fit_epochs(model, data, val, epochs=4, patience=10,
+                                seed=3).model.get_weights()
+
+    def crash_after_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Killed
+
+    checkpoint = Checkpoint(tmp_path / "ckpt", fingerprint="r")
+    model, data, val = model_and_data()
+    with pytest.raises(Killed):
+        train.fit_epochs(model, data, val, epochs=4, patience=10, checkpoint=checkpoint,
+                         on_epoch=crash_after_epoch_2, seed=3)
+    model, data, val = model_and_data()
+    resumed = train.fit_epochs(model, data, val, epochs=4, patience=10,
+                               checkpoint=checkpoint, seed=3).model.get_weights()
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(straight, resumed))
+

@@ -57,8 +57,8 @@ def run(cfg: Config) -> dict:
                               cfg.finetune.batch_size)
     first_epoch = len(read_csv(TRAIN_HEAD.history)) + 1
     (model, history, best_epoch, start), trained_layers = train.finetune(
-        model, base, batches, validation, cfg.finetune, cfg.head, first_epoch=first_epoch,
-        checkpoint=checkpoint)
+        model, base, batches, validation, cfg.finetune, cfg.head, seed=cfg.base.seed,
+        first_epoch=first_epoch, checkpoint=checkpoint)
     params = count_params(model)
     log.info("fine-tune phase: unfroze %s of the %d layers of %s, %d of them with weights "
              "(BatchNorm stays frozen); %s trainable, %s non-trainable parameters",
