@@ -7,13 +7,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Never pick up a parent run by accident (see tlearn.tracking).
 unexport MLFLOW_RUN_ID
 
-.PHONY: run test test-slow bench ui clean help
+.PHONY: run test test-slow bench bench-race ui clean help
 
 help:
 	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
 	@echo "make test       build .venv, then the test suite (what CI runs)"
 	@echo "make test-slow  the tests marked slow (building the four largest Keras backbones)"
-	@echo "make bench      throughput and memory figures, printed"
+	@echo "make bench      speed, memory and scale figures, printed and in reports/bench.json"
+	@echo "make bench-race tlearn against the plain Keras recipe (the recipe alone: ~30 min)"
 	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -35,6 +36,9 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tlearn.bench
+
+bench-race: $(STAMP)
+	$(BIN)/python -m tlearn.bench race
 
 # The embedded store (sqlite:///mlflow.db, artifacts in mlartifacts/) or the database
 # MLFLOW_TRACKING_URI names; a tracking server has its own UI.

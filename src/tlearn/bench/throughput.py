@@ -1,0 +1,123 @@
+"""How close the stages run to the model's own speed (EfficientNet-Lite0, 224 px):
+
+- features: the features stage's code path (a prepared split read from disk in batches,
+  through the extractor, written to disk) against the extractor on in-memory tensors;
+- fine-tune: training images per second through ``model.fit`` on tlearn's batches from
+  disk (shuffled, augmented) against a bare train step on in-memory tensors, with the
+  `photos` preset's unfrozen layers.
+
+Each figure is the median of several passes. Speed depends on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tlearn.bench import common
+
+SIZE, BATCH, N_IMAGES, FEATURE_BATCH = 224, 32, 256, 64
+
+
+def _images(folder: Path) -> Path:
+    from tlearn.data.store import Split, save_split
+
+    rng = np.random.default_rng(0)
+    save_split(folder, Split(rng.integers(0, 256, (N_IMAGES, SIZE, SIZE, 3), dtype=np.uint8),
+                             np.arange(N_IMAGES) % 2, np.array(["x"] * N_IMAGES)))
+    return folder
+
+
+def features_ratio(split: Path, work: Path) -> dict:
+    import tensorflow as tf
+
+    from tlearn import features
+    from tlearn.data.store import SplitReader
+    from tlearn.models.head import build_extractor
+
+    extractor = build_extractor("efficientnet_lite0", SIZE, "imagenet", "avg")
+    batch = tf.constant(SplitReader(split).images.read(0, FEATURE_BATCH).astype("float32"))
+    extractor.predict_on_batch(batch)
+
+    def model_only() -> float:
+        started = time.perf_counter()
+        for _ in range(N_IMAGES // FEATURE_BATCH):
+            np.asarray(extractor.predict_on_batch(batch))
+        return N_IMAGES / (time.perf_counter() - started)
+
+    def stage_path() -> float:
+        target = Path(tempfile.mkdtemp(dir=work)) / "x"
+        started = time.perf_counter()
+        features.extract(extractor, SplitReader(split), target, FEATURE_BATCH)
+        return N_IMAGES / (time.perf_counter() - started)
+
+    model, stage = common.repeat(model_only, 3), common.repeat(stage_path, 3)
+    return {"model_images_per_second": model, "stage_images_per_second": stage,
+            "ratio": round(stage["median"] / model["median"], 3)}
+
+
+def finetune_ratio(split: Path) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from tlearn import config, train
+    from tlearn.data.batches import ImageBatches
+    from tlearn.data.store import SplitReader
+    from tlearn.models.head import assemble, build_extractor, build_head, find_base, unfreeze_top
+
+    cfg = config.load(common.REPO / "params.yaml", overrides={"data.source": "photos"})
+    model = assemble(build_extractor("efficientnet_lite0", SIZE, "imagenet", "avg"),
+                     build_head((1280,), 2, cfg.head))
+    unfreeze_top(find_base(model), cfg.finetune.unfreeze)
+    train.compile_classifier(model, train.make_optimizer("adam", 1e-4))
+    reader = SplitReader(split)
+    x = tf.constant(reader.images.read(0, BATCH).astype("float32"))
+    y = tf.constant(train.one_hot(reader.labels[:BATCH], 2))
+    model.train_on_batch(x, y)
+
+    def bare_step() -> float:
+        started = time.perf_counter()
+        for _ in range(N_IMAGES // BATCH):
+            model.train_on_batch(x, y)
+        return N_IMAGES / (time.perf_counter() - started)
+
+    batches = ImageBatches(reader, 2, BATCH, seed=0, augment=cfg.augment)
+    epoch = [0]
+
+    def through_fit() -> float:
+        batches.set_epoch(epoch[0])
+        epoch[0] += 1
+        started = time.perf_counter()
+        model.fit(batches, epochs=1, verbose=0)
+        return N_IMAGES / (time.perf_counter() - started)
+
+    through_fit()  # fit traces its own function once
+    bare, fit = common.repeat(bare_step, 3), common.repeat(through_fit, 3)
+    keras.backend.clear_session()
+    return {"train_step_images_per_second": bare, "fit_images_per_second": fit,
+            "ratio": round(fit["median"] / bare["median"], 3),
+            "unfreeze": cfg.finetune.unfreeze}
+
+
+def main() -> dict:
+    with tempfile.TemporaryDirectory(prefix="tlearn-bench-") as work:
+        split = _images(Path(work) / "split")
+        figures = {"features": features_ratio(split, Path(work)),
+                   "finetune": finetune_ratio(split)}
+    common.save("throughput", figures)
+    f, t = figures["features"], figures["finetune"]
+    print(common.table(f"Model-limit ratios, Lite0 at {SIZE} px (median of 3 passes of "
+                       f"{N_IMAGES} images; target >= 0.9)", ("", "images/s", "model's own",
+                                                               "ratio"), [
+        ("features stage", f["stage_images_per_second"]["median"],
+         f["model_images_per_second"]["median"], f["ratio"]),
+        (f"fine-tune fit (unfreeze {t['unfreeze']})", t["fit_images_per_second"]["median"],
+         t["train_step_images_per_second"]["median"], t["ratio"])]))
+    return figures
+
+
+if __name__ == "__main__":
+    main()
