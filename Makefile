@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Never pick up a parent run by accident (see tlearn.tracking).
 unexport MLFLOW_RUN_ID
 
-.PHONY: run test test-slow bench bench-race ui clean help
+.PHONY: run test test-slow bench bench-race ui serve plots-template clean help
 
 help:
 	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
@@ -16,6 +16,8 @@ help:
 	@echo "make bench      speed, memory and scale figures, printed and in reports/bench.json"
 	@echo "make bench-race tlearn against the plain Keras recipe (the recipe alone: ~30 min)"
 	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"
+	@echo "make serve      mlflow models serve $(SERVE_MODEL) on 127.0.0.1:$(SERVE_PORT) (raw images in; SERVE_PORT=...)"
+	@echo "make plots-template  rebuild .dvc/plots_template.html (Vega inlined) from the pinned npm packages"
 
 $(STAMP): requirements.lock pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +30,9 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/tlearn run $(ARGS)
 
+# Debian's chromium renders the DVC plots page in a test (installed once, when root).
 test: $(STAMP)
+	bash tools/install_chromium.sh
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
@@ -49,6 +53,20 @@ ui: $(STAMP)
 	echo "mlflow ui: http://127.0.0.1:$(UI_PORT)"; \
 	exec $(BIN)/mlflow ui --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --artifacts-destination ./mlartifacts
+
+# The registered model behind an alias as a REST service; it takes raw JPEG/PNG (base64)
+# or prepared tensors (README "Serving"). make serve SERVE_MODEL=models:/tlearn@challenger
+SERVE_PORT ?= 5001
+SERVE_MODEL ?= models:/tlearn@champion
+serve: $(STAMP)
+	@echo "mlflow models serve $(SERVE_MODEL): http://127.0.0.1:$(SERVE_PORT)/invocations"
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" exec $(BIN)/mlflow models \
+		serve -m "$(SERVE_MODEL)" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT) --workers 1
+
+# `dvc plots show` loads Vega from .dvc/plots_template.html (inlined, offline); this
+# rebuilds it from the npm packages pinned in the script. Needs npm; not part of run/test.
+plots-template:
+	python3 tools/build_plots_template.py
 
 clean:
 	rm -rf data models reports/*.png .pytest_cache

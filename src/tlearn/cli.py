@@ -1,9 +1,8 @@
 """The ``tlearn`` command: one subcommand per DVC stage, plus the tools.
 
-Exit codes: 0 success, 1 partial failure (e.g. some images could not be predicted),
-2 bad input (a one-line message naming the params key, file or class), 3 the MLflow
-tracking store does not answer (one line naming its URI), 130 interrupted. ``tlearn run``
-exits with DVC's code.
+What ``tlearn --help`` says, in plain text: DESCRIPTION and EXIT_CODES below. Errors are
+one line naming the params key, file or class (exit code 2), or the MLflow tracking URI
+that does not answer (3).
 """
 
 from __future__ import annotations
@@ -19,6 +18,11 @@ from tlearn.errors import TlearnError
 from tlearn.tracking.store import Settings, TrackingUnavailable, apply_http_defaults
 
 log = logging.getLogger("tlearn")
+DESCRIPTION = ("tlearn: transfer learning for image classification. One subcommand per DVC "
+               "stage, plus the tools.")
+EXIT_CODES = ("exit codes: 0 success, 1 partial failure (some images could not be predicted), "
+              "2 bad input, 3 the MLflow tracking store does not answer, 130 interrupted; "
+              "tlearn run exits with DVC's code.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tlearn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tlearn", description=DESCRIPTION, epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"tlearn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -56,14 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dvc exp run -S ... when parameters are set)")
     p.add_argument("targets", nargs="*", metavar="STAGE", help="stages to reproduce (default: all)")
     p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="run `dvc exp run -S KEY=VALUE` (DVC records an experiment), "
+                   help="run dvc exp run -S KEY=VALUE (DVC records an experiment), "
                         "e.g. -S head.dropout=0.2")
     p.add_argument("-P", "--project-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="like -S, but an empty VALUE keeps params.yaml's value (MLproject)")
-    p.add_argument("--exp", action="store_true", help="`dvc exp run` even with nothing set")
+                   help="like -S, but VALUE params.yaml (or empty) keeps params.yaml's "
+                        "value: the MLproject parameters' default")
+    p.add_argument("--exp", action="store_true", help="dvc exp run even with nothing set")
     p.add_argument("-n", "--name", help="DVC experiment name (implies --exp)")
     p.add_argument("--mlflow-project", action="store_true",
-                   help="started by `mlflow run`: its run becomes the parent run (implies --exp)")
+                   help="started by mlflow run: its run becomes the parent run (implies --exp)")
     p.set_defaults(handler=_run_pipeline)
 
     p = sub.add_parser("promote", help="move the registry alias champion to the challenger if "

@@ -22,6 +22,9 @@ import yaml
 from tlearn.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
+#: The default of every MLproject parameter: keep params.yaml's value. `mlflow ui` shows
+#: it as the parameter's value (an empty default would read as MLflow's quoted '').
+KEEP_PARAMS_YAML = "params.yaml"
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
@@ -156,16 +159,17 @@ def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None
     return from_dict(raw, source=path.name)
 
 
-def parse_sets(pairs: list[str], keep_empty: bool = True) -> list[tuple[str, str]]:
-    """``["head.dropout=0.2"]`` -> ``[("head.dropout", "0.2")]``; with ``keep_empty=False``
-    an empty value is dropped (the MLproject default: keep params.yaml's value)."""
+def parse_sets(pairs: list[str], mlproject: bool = False) -> list[tuple[str, str]]:
+    """``["head.dropout=0.2"]`` -> ``[("head.dropout", "0.2")]``. For MLproject parameters
+    (``mlproject=True``) a value KEEP_PARAMS_YAML (their default) or empty is dropped:
+    params.yaml's value stays."""
     out = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"-S {pair!r}: expected KEY=VALUE, e.g. -S head.dropout=0.2")
-        if value.strip() or keep_empty:
+        if not (mlproject and value.strip() in ("", KEEP_PARAMS_YAML)):
             out.append((key, value))
     return out
 

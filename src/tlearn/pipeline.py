@@ -52,7 +52,7 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     from tlearn import preflight
     from tlearn.tracking import runs, store as tracking_store
 
-    pairs = config.parse_sets(sets) + config.parse_sets(project_params, keep_empty=False)
+    pairs = config.parse_sets(sets) + config.parse_sets(project_params, mlproject=True)
     cfg = config.load(PARAMS_YAML, overrides=config.typed_overrides(pairs))  # bad -S: exit 2
     preflight.check(cfg)  # before DVC deletes any output: a bad value costs nothing
     store = tracking_store.connect(settings, cfg.tracking.experiment, cfg.tracking.required)

@@ -48,10 +48,10 @@ IMAGENET_RESIZE = "imagenet"
 BATCH_SIZE = 32
 SPEC_HELP = "expected imagenet:<backbone>, a path to a .keras model, or models:/<name>@<alias>"
 
-# Unreadable files raise any of these from Pillow (UnidentifiedImageError is an OSError;
-# some truncated formats still raise SyntaxError).
-_IMAGE_ERRORS = (images.BadImage, OSError, ValueError, SyntaxError,
-                 Image.DecompressionBombError)
+#: Unreadable files raise any of these from Pillow (UnidentifiedImageError is an OSError;
+#: some truncated formats still raise SyntaxError).
+IMAGE_ERRORS = (images.BadImage, OSError, ValueError, SyntaxError,
+                Image.DecompressionBombError)
 
 
 # --------------------------------------------------------------------------------------
@@ -75,17 +75,19 @@ def eval_resize(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def load_image(path: str | Path, size: int, resize_mode: str) -> np.ndarray:
-    """Decode ``path`` as upright RGB and square-ify it to ``size`` by ``resize_mode`` (one
-    of images.RESIZE_MODES, or IMAGENET_RESIZE): float32 (size, size, 3) 0..255.
+def load_image(source: str | Path | bytes, size: int, resize_mode: str) -> np.ndarray:
+    """Decode ``source`` (an image file, or its bytes as a served model receives them) as
+    upright RGB and square-ify it to ``size`` by ``resize_mode`` (one of
+    images.RESIZE_MODES, or IMAGENET_RESIZE): float32 (size, size, 3) 0..255.
 
     EXIF orientation is applied because phones store photos sideways with a tag; the
     model should see what a person sees.
     """
+    source = source if isinstance(source, bytes) else Path(source)
     if resize_mode != IMAGENET_RESIZE:  # the very code prepare ran on the training images
-        return images.load_rgb(Path(path), size, resize_mode,
+        return images.load_rgb(source, size, resize_mode,
                                max_pixels=Image.MAX_IMAGE_PIXELS).astype(np.float32)
-    with Image.open(path) as img:
+    with images.open_image(source) as img:
         rgb = images.to_rgb(ImageOps.exif_transpose(img))
     return np.asarray(eval_resize(rgb, size), dtype=np.float32)
 
@@ -107,15 +109,17 @@ class Predictor:
 
     def predict(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
         """Probabilities, shape (N, len(labels)), for a batch (N, size, size, 3) of raw RGB,
-        averaged over the test-time augmentation views ``tta`` (see tlearn.metrics)."""
+        averaged over the test-time augmentation views ``tta`` (see tlearn.metrics).
+        ``predict_on_batch`` per BATCH_SIZE images: Model.predict's numbers without its
+        set-up on every call (~0.3 s, most of a served request for one image)."""
         from tlearn.metrics import predict_probabilities
 
         return predict_probabilities(
             self.model, (images[i:i + BATCH_SIZE] for i in range(0, len(images), BATCH_SIZE)),
             tta)
 
-    def load_image(self, path: str | Path) -> np.ndarray:
-        return load_image(path, self.image_size, self.resize_mode)
+    def load_image(self, source: str | Path | bytes) -> np.ndarray:
+        return load_image(source, self.image_size, self.resize_mode)
 
 
 @functools.cache
@@ -270,7 +274,7 @@ def predict_files(predictor: Predictor, images: Sequence[str], top: int,
             try:
                 arrays.append(predictor.load_image(path))
                 paths.append(path)
-            except _IMAGE_ERRORS as exc:
+            except IMAGE_ERRORS as exc:
                 failed += 1
                 print(f"{path}: not a readable image ({_one_line(exc)})", file=err)
         if not arrays:

@@ -297,12 +297,13 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
         "p = np.asarray(m.predict(x.astype('float32')))\n"
         "print(json.dumps({'shape': p.shape, 'sums': p.sum(1).tolist(),"
         " 'accuracy': float((p.argmax(1) == y).mean()),"
-        " 'labels': m.metadata.metadata['labels'], 'input': str(m.metadata.get_input_schema())}))\n")
+        " 'labels': m.metadata.metadata['labels'], 'inputs': sorted(m.metadata.metadata['inputs']),"
+        " 'size': m.metadata.metadata['image_size']}))\n")
     out = json.loads(sh(sys.executable, "-c", script, cwd=tmp_path, stdout_only=True))
     assert out["shape"] == [6, 3] and out["labels"] == sorted(COLOURS)
     assert np.allclose(out["sums"], 1.0, atol=1e-4)
     assert out["accuracy"] == pytest.approx(acc[1])
-    assert "float32" in out["input"] and "(-1, 32, 32, 3)" in out["input"]
+    assert out["inputs"] == ["images", "tensor"] and out["size"] == 32
 
     # tlearn predict from the registry
     image = source / "red" / "00.png"
@@ -348,6 +349,7 @@ def test_mlflow_run_in_a_fresh_clone_then_make_run_and_make_ui(source, tmp_path)
     project_run = client.get_run(run.data.tags["tlearn.mlflow_project_run_id"])
     assert project_run.data.tags["tlearn.pipeline_run_id"] == run.info.run_id
     assert project_run.data.params["backbone"] == "efficientnet_lite0"
+    assert project_run.data.params["dropout"] == "params.yaml"  # unset reads so, not ''
     assert aliases_of(client) == {"challenger": "1"}
     assert (clone / "mlartifacts").is_dir() and not (clone / "mlruns").exists()
     assert "mlflow.db" not in sh("git", "status", "--porcelain", cwd=clone)

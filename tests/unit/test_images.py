@@ -75,6 +75,18 @@ def test_each_bad_kind_raises_bad_image_with_reason(tmp_path):
         assert str(info.value).startswith(reason), (name, str(info.value))
 
 
+def test_bytes_decode_as_their_file_does(tmp_path):
+    """A served model gets the file's bytes: the same pixels, or the same reason."""
+    for name, reason in _bad_files(tmp_path).items():
+        with pytest.raises(BadImage) as info:
+            load_rgb((tmp_path / name).read_bytes(), 16, "crop", max_pixels=5000, min_side=8)
+        assert str(info.value).startswith(reason), (name, str(info.value))
+    photo = save_image(tmp_path / "wide.jpg", noise(30, 70, seed=3), quality=90)
+    for mode in ("crop", "pad", "warp"):
+        np.testing.assert_array_equal(load_rgb(photo.read_bytes(), 16, mode, BIG),
+                                      load_rgb(photo, 16, mode, BIG))
+
+
 def test_huge_header_is_refused_before_decoding(tmp_path):
     (tmp_path / "huge.png").write_bytes(png_header(12_000, 9_000))  # 108 Mpx: Pillow warns
     with pytest.raises(BadImage, match="^too large"):

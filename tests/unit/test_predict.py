@@ -181,6 +181,13 @@ def test_trained_model_sees_images_as_prepare_made_them(tmp_path, mode):
                                   load_rgb(image, 8, mode, max_pixels=10**6))
 
 
+def test_predictor_gives_model_predicts_probabilities_for_any_number_of_images(tmp_path):
+    predictor = predict.load_predictor(str(_tiny_colour_model(tmp_path / "models")))
+    images = np.random.default_rng(0).uniform(0, 255, (predict.BATCH_SIZE + 8, 8, 8, 3))
+    np.testing.assert_array_equal(predictor.predict(images.astype("float32")),
+                                  predictor.model.predict(images.astype("float32"), verbose=0))
+
+
 def test_keras_model_without_preprocess_json_is_a_bad_spec(tmp_path):
     model = _tiny_colour_model(tmp_path / "models")
     (tmp_path / "models" / "preprocess.json").write_text(json.dumps({"resize_mode": "zoom"}))
@@ -267,6 +274,11 @@ def test_load_image_applies_exif_orientation_and_rgb(tmp_path):
     assert pixels.shape == (8, 8, 3) and pixels.dtype == np.float32
     # after turning clockwise the white half is on the right
     assert pixels[:, :3].mean() < 30 and pixels[:, 5:].mean() > 225
+    # the file's bytes (what a served model receives) give the same pixels
+    np.testing.assert_array_equal(
+        predict.load_image(path.read_bytes(), 8, predict.IMAGENET_RESIZE), pixels)
+    np.testing.assert_array_equal(predict.load_image(path.read_bytes(), 8, "pad"),
+                                  predict.load_image(path, 8, "pad"))
 
 
 def test_offline_imagenet_backbone_exits_2_and_keeps_stdout_clean(tmp_path, monkeypatch):

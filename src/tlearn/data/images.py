@@ -7,6 +7,7 @@ short side, ``pad`` letterboxes the long side with black bars, ``warp`` simply r
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -21,16 +22,17 @@ class BadImage(Exception):
     """An image that cannot be used; the message is the reason shown in the report."""
 
 
-def load_rgb(path: Path, size: int, mode: str, max_pixels: int, min_side: int = 1) -> np.ndarray:
-    """Decode ``path`` and return a ``(size, size, 3)`` uint8 RGB array, or raise BadImage
-    (also when its short side is under ``min_side``: an icon or a tracking pixel blown up
-    to the training size teaches nothing)."""
-    if path.stat().st_size == 0:
+def load_rgb(source: Path | bytes, size: int, mode: str, max_pixels: int,
+             min_side: int = 1) -> np.ndarray:
+    """Decode ``source`` (an image file, or its bytes) and return a ``(size, size, 3)``
+    uint8 RGB array, or raise BadImage (also when its short side is under ``min_side``: an
+    icon or a tracking pixel blown up to the training size teaches nothing)."""
+    if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
         raise BadImage("empty file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as img:
+            with open_image(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise BadImage(f"too large: {width}x{height} pixels "
@@ -53,6 +55,11 @@ def load_rgb(path: Path, size: int, mode: str, max_pixels: int, min_side: int = 
         except (OSError, SyntaxError, ValueError) as exc:
             raise BadImage(f"truncated or corrupt: {exc}") from None
     return np.asarray(squareify(rgb, size, mode), dtype=np.uint8)
+
+
+def open_image(source: Path | bytes) -> Image.Image:
+    """Pillow's lazy open of an image file or of its bytes."""
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -6,10 +6,17 @@ installed; and loaded back as a Keras model for ``tlearn predict`` and the regis
 Why pyfunc and not MLflow's keras flavour: MLflow 3.17's keras saver crashes when given an
 input example (mlflow/mlflow#16183), and a plain Keras flavour could not load tlearn's
 preprocessing layer without tlearn on the path.
+
+Why the signature declares no inputs: MLflow enforces one input schema per model, and a
+tensor schema rejects a column of images while a column schema rejects a 4-D tensor. The
+model takes both (see :class:`KerasClassifier`) and checks its input itself; the accepted
+forms are written in the model's metadata (``inputs``).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import os
 from contextlib import suppress
@@ -19,6 +26,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from tlearn.errors import TlearnError
 from tlearn.io import file_digest
@@ -27,19 +35,94 @@ from tlearn.tracking.store import Settings, one_line, probe, quiet_mlflow
 log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"  # key of the .keras file among the pyfunc model's artifacts
 PACKAGE = Path(__file__).resolve().parents[1]  # src/tlearn, shipped with every model
+#: The DataFrame columns a logged model reads raw images from.
+IMAGE_COLUMN, PATH_COLUMN = "image", "path"
+
+
+def input_forms(image_size: int) -> dict[str, str]:
+    """What a logged model accepts, as written in its metadata (``inputs``)."""
+    return {
+        "images": f"a DataFrame column '{IMAGE_COLUMN}' of encoded image files (JPEG, PNG, "
+                  "...; base64 text in JSON: dataframe_split or dataframe_records), or "
+                  f"'{PATH_COLUMN}' of image files on the machine that runs the model. Each "
+                  "is decoded, square-ified by resize_mode and resized to image_size exactly "
+                  "as `tlearn predict` does. Returns a DataFrame: label, probability (the top "
+                  "class), one probability column per class.",
+        "tensor": f"float32 RGB 0..255 of shape (N, {image_size}, {image_size}, 3), images "
+                  "already prepared (JSON: inputs). Returns the probabilities, shape "
+                  "(N, classes), in the order of labels.",
+    }
 
 
 class KerasClassifier(mlflow.pyfunc.PythonModel):
-    """Raw RGB 0..255 float32 ``(N, size, size, 3)`` in, class probabilities out."""
+    """A tlearn classifier as MLflow loads and serves it; two kinds of input
+    (:func:`input_forms`): raw encoded images, prepared here by tlearn predict's own code,
+    or a float tensor of images already prepared."""
 
-    # MLflow would check predict's type hints; the signature is declared in log_model.
+    # MLflow would check predict's type hints; the inputs are checked in predict.
     _skip_type_hint_validation = True
 
+    def __init__(self, labels: list[str], image_size: int, resize_mode: str):
+        self.labels, self.image_size, self.resize_mode = list(labels), image_size, resize_mode
+
     def load_context(self, context) -> None:
-        self.model = load_keras_file(context.artifacts[MODEL_ARTIFACT])
+        from tlearn.predict import Predictor
+
+        self.predictor = Predictor(load_keras_file(context.artifacts[MODEL_ARTIFACT]),
+                                   self.labels, self.image_size, self.resize_mode, "mlflow")
 
     def predict(self, context, model_input, params=None):
-        return self.model.predict(np.asarray(model_input, dtype="float32"), verbose=0)
+        if isinstance(model_input, dict):  # {"inputs": {"image": [...]}} from the server
+            model_input = pd.DataFrame({k: np.atleast_1d(v) for k, v in model_input.items()})
+        if isinstance(model_input, pd.DataFrame):
+            return self._predict_images(model_input)
+        pixels = np.asarray(model_input)
+        size = self.image_size
+        if pixels.dtype.kind not in "fiu" or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected float32 RGB 0..255 of shape (N, {size}, {size}, 3) or "
+                             f"a DataFrame with a column '{IMAGE_COLUMN}' or '{PATH_COLUMN}'; "
+                             f"got an array of {pixels.dtype} {pixels.shape}")
+        return self.predictor.predict(pixels.astype("float32"))
+
+    def _predict_images(self, frame: pd.DataFrame) -> pd.DataFrame:
+        from tlearn.predict import IMAGE_ERRORS
+
+        columns = [c for c in (IMAGE_COLUMN, PATH_COLUMN) if c in frame.columns]
+        if len(columns) != 1:
+            raise ValueError(f"expected one column '{IMAGE_COLUMN}' (encoded image files, "
+                             f"base64 in JSON) or '{PATH_COLUMN}' (image files); got "
+                             f"{list(frame.columns)}")
+        column, pixels = columns[0], []
+        if frame.empty:
+            raise ValueError(f"no images in the column '{column}'")
+        for row, value in enumerate(frame[column]):
+            try:
+                source = value if column == PATH_COLUMN else encoded_image(value)
+                pixels.append(self.predictor.load_image(source))
+            except IMAGE_ERRORS as exc:
+                raise ValueError(f"row {row} ('{column}'): not a readable image "
+                                 f"({one_line(exc)})") from None
+        probabilities = self.predictor.predict(np.stack(pixels))
+        return probability_frame(probabilities, self.labels)
+
+
+def encoded_image(value: Any) -> bytes:
+    """The bytes of an encoded image file: as given, or from base64 text (how JSON carries
+    bytes; MLflow's own examples break the text into lines)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return base64.b64decode(value)
+    raise ValueError(f"expected image bytes or base64 text, got {type(value).__name__}")
+
+
+def probability_frame(probabilities: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """One row per image: ``label`` and ``probability`` of the top class (ties: the first
+    class, as ``tlearn predict`` orders them), then one column per class."""
+    frame = pd.DataFrame(probabilities, columns=labels)
+    frame.insert(0, "label", [labels[i] for i in probabilities.argmax(axis=1)])
+    frame.insert(1, "probability", probabilities.max(axis=1))
+    return frame
 
 
 def load_keras_file(path: str | Path):
@@ -52,33 +135,44 @@ def load_keras_file(path: str | Path):
 
 def _pip_requirements() -> list[str]:
     reqs = []
-    for dist in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "Pillow", "mlflow"):
+    for dist in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "Pillow", "mlflow"):
         with suppress(dist_metadata.PackageNotFoundError):
             reqs.append(f"{dist}=={dist_metadata.version(dist)}")
     return reqs
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def log_model(model_file: Path, name: str, labels: list[str], resize_mode: str,
               example: np.ndarray) -> Any:
     """Log a tlearn ``.keras`` file to the active run; returns MLflow's model info.
 
-    The signature is declared from the sizes (nothing is loaded to infer it); ``example``
-    (a few raw test images) is stored as the input example."""
+    ``example`` (a few prepared test images, uint8) is stored as the input example, as PNG
+    files in an ``image`` column: what a client sends. The signature declares the outputs
+    of that form only (see the module docstring), which also stops MLflow from inferring a
+    one-form input schema from the example."""
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
     size = int(example.shape[1])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, size, size, 3))]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, len(labels)))]))
+    signature = ModelSignature(outputs=Schema(
+        [ColSpec("string", "label"), ColSpec("float", "probability")]
+        + [ColSpec("float", label) for label in labels]))
     md5 = file_digest(model_file, "md5")
     info = mlflow.pyfunc.log_model(
-        name=name, python_model=KerasClassifier(),
+        name=name, python_model=KerasClassifier(labels, size, resize_mode),
         artifacts={MODEL_ARTIFACT: str(model_file)}, code_paths=[str(PACKAGE)],
-        signature=signature, input_example=example.astype("float32"),
+        signature=signature,
+        input_example=pd.DataFrame({IMAGE_COLUMN: [_png(image) for image in example]}),
         pip_requirements=_pip_requirements(),
         metadata={"labels": list(labels), "image_size": size, "resize_mode": resize_mode,
-                  "file": model_file.as_posix(), "md5": md5},
+                  "inputs": input_forms(size), "file": model_file.as_posix(), "md5": md5},
         tags={"tlearn.md5": md5, "tlearn.file": model_file.as_posix()})
     log.info("tracking: logged %s as %s", model_file, info.model_uri)
     return info
