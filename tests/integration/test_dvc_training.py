@@ -84,6 +84,20 @@ def test_repro_builds_every_output_with_good_metrics(project):
     assert ft_rows[1].split(",")[0] == str(len(head_rows))  # epochs continue after the head
 
 
+def test_dvc_compares_a_handful_of_headline_figures(project):
+    """`dvc metrics show` (and so `dvc exp show`) lists reports/metrics.json only, a few
+    columns; no report DVC or git track holds a timing, so reruns do not rewrite them."""
+    out = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout)
+    files = next(iter(out.values()))["data"]  # the workspace
+    assert list(files) == ["reports/metrics.json"]
+    headline = files["reports/metrics.json"]["data"]
+    assert set(headline) == {"accuracy", "loss", "top_k_accuracy", "head_accuracy",
+                             "tta_accuracy", "val_accuracy", "head_val_accuracy"}
+    for report in (project / "reports").glob("*.json"):
+        text = report.read_text()
+        assert "seconds" not in text and "per_second" not in text, report.name
+
+
 def test_second_repro_runs_nothing(project):
     result = run([str(BIN / "dvc"), "repro"], project)
     assert stages_run(result.stdout) == []

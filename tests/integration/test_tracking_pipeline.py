@@ -390,7 +390,8 @@ def test_a_failing_stage_fails_the_parent_with_dvcs_exit_code(source, tmp_path):
     import mlflow
 
     project = make_project(tmp_path / "project", source)
-    missing = tmp_path / "no-such-folder"
+    missing = tmp_path / "broken.zip"  # exists, so only download can find it unreadable
+    missing.write_bytes(b"not a zip archive")
     proc = subprocess.run([str(BIN / "tlearn"), "run", "-S", f"data.source={missing}"],
                           cwd=project, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode not in (0, 2, 3), proc.stderr  # DVC's own code: the stage failed

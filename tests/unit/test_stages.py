@@ -97,3 +97,15 @@ def test_no_stage_name_is_a_string_literal_outside_its_declaration():
         literals = {node.value for node in ast.walk(ast.parse(path.read_text()))
                     if isinstance(node, ast.Constant) and isinstance(node.value, str)}
         assert not literals & names, f"{path.name} names stages {literals & names}"
+
+
+def test_every_declared_params_key_is_in_params_yaml():
+    """DVC refuses a stage whose params key is not written in params.yaml: a key a preset
+    provides is declared through its group."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for stage in stages.all_stages().values():
+        for key in stage.params:
+            node = raw
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{stage.name}: {key}"
+                node = node[part]

@@ -56,12 +56,12 @@ def test_stage_params_are_the_keys_the_stage_declares():
     flat = config.to_flat_dict(cfg)
     finetune = runs.stage_params(cfg, stages.get("finetune"))
     assert {"finetune.learning_rate", "finetune.unfreeze", "augment.rotation",
-            "head.optimizer", "base.seed"} <= set(finetune)
-    assert "augment.copies" not in finetune and "head.dropout" not in finetune
+            "augment.horizontal_flip", "head.optimizer", "base.seed", "preset"} <= set(finetune)
+    assert "head.dropout" not in finetune and "head.units" not in finetune
     assert set(runs.stage_params(cfg, stages.get("train_head"))) == \
         {"base.seed"} | {k for k in flat if k.startswith("head.")}
-    assert set(runs.stage_params(cfg, stages.get("evaluate"))) == {"evaluate.misclassified",
-                                                                   "evaluate.tta"}
+    assert set(runs.stage_params(cfg, stages.get("evaluate"))) == {
+        "evaluate.misclassified", "evaluate.tta", "preset"}  # the values used, preset's too
     assert "prepare.split.validation" in runs.stage_params(cfg, stages.get("prepare"))
 
 
