@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("legacy",)
+BENCHMARKS = ("legacy", "tune")
 
 
 def main(names: list[str]) -> None:
