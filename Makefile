@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Never pick up a parent run by accident (see tlearn.tracking).
 unexport MLFLOW_RUN_ID
 
-.PHONY: run test test-slow bench bench-race ui serve plots-template clean help
+.PHONY: run test test-slow bench bench-race ui tune-ui serve postgres plots-template clean help
 
 help:
 	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench      speed, memory and scale figures, printed and in reports/bench.json"
 	@echo "make bench-race tlearn against the plain Keras recipe (the recipe alone: ~30 min)"
 	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"
+	@echo "make tune-ui    optuna-dashboard on 127.0.0.1:$(TUNE_UI_PORT) against tune.storage (TUNE_UI_PORT=...)"
 	@echo "make serve      mlflow models serve $(SERVE_MODEL) on 127.0.0.1:$(SERVE_PORT) (raw images in; SERVE_PORT=...)"
 	@echo "make plots-template  rebuild .dvc/plots_template.html (Vega inlined) from the pinned npm packages"
 
@@ -30,8 +31,9 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/tlearn run $(ARGS)
 
-# Debian's chromium renders the DVC plots page in a test (installed once, when root).
-test: $(STAMP)
+# Debian's chromium renders the DVC plots page in a test, PostgreSQL serves the tuning
+# workers in another (installed once, when root).
+test: $(STAMP) postgres
 	bash tools/install_chromium.sh
 	$(BIN)/python -m pytest -m "not slow" -q
 
@@ -67,6 +69,24 @@ serve: $(STAMP)
 # rebuilds it from the npm packages pinned in the script. Needs npm; not part of run/test.
 plots-template:
 	python3 tools/build_plots_template.py
+
+# optuna-dashboard on the study storage params.yaml names (tune.storage): the Optuna
+# counterpart of `make ui`.
+TUNE_UI_PORT ?= 8080
+tune-ui: $(STAMP)
+	@storage=$$($(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['tune']['storage'])"); \
+	case "$$storage" in *://*) ;; *) test -f "$$storage" || { \
+		echo "no study yet in $$storage: make run (or tlearn tune) makes one"; exit 2; };; esac; \
+	echo "optuna-dashboard: http://127.0.0.1:$(TUNE_UI_PORT)"; \
+	exec $(BIN)/optuna-dashboard --host 127.0.0.1 --port $(TUNE_UI_PORT) "$$storage"
+
+# A test runs tuning workers on a private PostgreSQL cluster (initdb, pg_ctl from Debian's
+# postgresql package): as root, install the package when it is missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+		else echo "postgresql is not installed (not root): its test is skipped"; fi; }
 
 clean:
 	rm -rf data models reports/*.png .pytest_cache

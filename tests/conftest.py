@@ -176,3 +176,40 @@ def lite0_state_dict() -> dict[str, np.ndarray]:
     from tlearn.models.pth import load_state_dict
 
     return load_state_dict(package_weights_file("efficientnet_lite0"))
+
+
+# --- cached features for tuning -------------------------------------------------------
+
+TUNE_CLASSES = ["a", "b", "c"]
+
+
+def feature_blobs(n_per_class: int, seed: int, dim: int = 8):
+    """Cached features of three well separated classes (Gaussian blobs)."""
+    from tlearn.features import FeatureSet
+
+    rng = np.random.default_rng(seed)
+    centres = np.eye(len(TUNE_CLASSES), dim) * 6
+    y = np.repeat(np.arange(len(TUNE_CLASSES)), n_per_class)
+    return FeatureSet((centres[y] + rng.normal(size=(len(y), dim))).astype("float32"), y)
+
+
+def tune_inputs(root: Path, head: dict | None = None, tune: dict | None = None) -> Path:
+    """What the tune stage reads, in project ``root``: features of every split it trains
+    on, the class names, and params.yaml with a small head and ``head``/``tune`` updates."""
+    import json
+
+    import yaml
+
+    from tlearn import features, paths
+
+    for split, (n, seed) in {"train": (10, 0), "augmented": (10, 1), "validation": (5, 2)}.items():
+        (root / paths.FEATURES).mkdir(parents=True, exist_ok=True)
+        features.save(features.feature_folder(split, root / paths.FEATURES), feature_blobs(n, seed))
+    (root / paths.PREPARED).mkdir(parents=True, exist_ok=True)
+    (root / paths.PREPARED_LABELS).write_text(json.dumps(TUNE_CLASSES))
+    params = yaml.safe_load(PARAMS.read_text())
+    params["head"] |= {"epochs": 6, "patience": 6, "batch_size": 16} | (head or {})
+    for key, value in (tune or {}).items():
+        params["tune"][key] = params["tune"][key] | value if key == "space" else value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
         p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a params key for this run, e.g. -S head.dropout=0.2")
+        for option in stage.options:
+            p.add_argument(f"--{option.name}", type=int, default=option.default,
+                           help=f"{option.help} (default: %(default)s)")
         p.set_defaults(handler=_run_stage, stage=name)
 
     p = sub.add_parser("run", help="the whole pipeline as one MLflow parent run (dvc repro, or "
@@ -102,13 +105,18 @@ def _run_stage(args: argparse.Namespace) -> int:
 
     from tlearn import preflight
 
-    cfg = config.load(args.params, overrides=_parse_overrides(args.set))
+    overrides = _parse_overrides(args.set)
     stage = stages.get(args.stage)
-    preflight.check(cfg, stage.params)
+    cfg = config.load(args.params, overrides=overrides)
+    # What the stage runs with: params.yaml, with the groups of its params files in place
+    # (train_head: the tuned head), then -S.
+    stage_cfg = config.load(args.params, overrides, stage.params_files)
+    preflight.check(stage_cfg, stage.param_keys)
+    options = {option.name: getattr(args, option.name) for option in stage.options}
     # The tracking store is checked before the stage does any work: a dead server fails
     # the stage within seconds and nothing is written.
-    with stage_run(stage, cfg, args.settings) as run:
-        metrics = stage.run(cfg, tracker=run)
+    with stage_run(stage, stage_cfg, args.settings, pipeline_cfg=cfg) as run:
+        metrics = stage.run(stage_cfg, tracker=run, **options)
         run.finish(metrics)
     log.debug("%s metrics: %s", args.stage, metrics)
     return 0

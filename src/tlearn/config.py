@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,11 @@ KEEP_PARAMS_YAML = "params.yaml"
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
     return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+def _pair(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    """A ``[low, high]`` list (a search range): both ends in the range, low <= high."""
+    return {**_range(lo, hi, lo_open=lo_open), "pair": True}
 
 
 class _OutOfRange(ConfigError):
@@ -88,7 +94,7 @@ class FeaturesParams:
 @dataclass(frozen=True)
 class HeadParams:
     pooling: Literal["avg", "max", "flatten"]
-    units: list[int] = field(metadata=_range(1))  # each layer's width
+    units: list[int] = field(metadata={**_range(1), "empty": True})  # []: no hidden layer
     dropout: float = field(metadata=_range(0, 0.95))
     activation: Literal["relu", "gelu", "swish", "elu", "tanh"]
     learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
@@ -130,6 +136,34 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class SearchSpace:
+    """What tuning searches; a null key keeps params.yaml's ``head`` value."""
+
+    layers: list[int] | None = field(metadata=_pair(0, 8))          # Dense layers
+    units: list[int] | None = field(metadata=_pair(1))              # per layer, log scale
+    dropout: list[float] | None = field(metadata=_pair(0, 0.95))
+    learning_rate: list[float] | None = field(metadata=_pair(0, 1, lo_open=True))  # log scale
+    label_smoothing: list[float] | None = field(metadata=_pair(0, 0.5))
+    batch_size: list[int] | None = field(metadata=_range(1))        # choices
+    optimizer: list[Literal["adam", "sgd", "rmsprop"]] | None        # choices
+
+    def problem(self) -> str | None:
+        if self.layers is not None and self.units is None:
+            return "layers is set but units is null: give the units of a layer, e.g. [32, 1024]"
+        return None
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    n_trials: int = field(metadata=_range(0))
+    timeout: float | None = field(metadata=_range(0, lo_open=True))
+    metric: Literal["val_accuracy", "val_loss"]
+    pruner: Literal["median", "hyperband", "none"]
+    storage: str
+    space: SearchSpace
+
+
+@dataclass(frozen=True)
 class Config:
     preset: str  # the preset that filled in the keys params.yaml's groups leave out
     base: BaseParams
@@ -139,24 +173,40 @@ class Config:
     model: ModelParams
     features: FeaturesParams
     head: HeadParams
+    tune: TuneParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams
 
 
-def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Config:
-    """Read params.yaml (plus optional ``{"head.dropout": 0.2}`` overrides) into a Config."""
+def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None,
+         params_files: Mapping[Path, Sequence[str]] | None = None) -> Config:
+    """Read params.yaml (plus optional ``{"head.dropout": 0.2}`` overrides) into a Config.
+
+    ``params_files`` (``{Path("models/head_params.yaml"): ("head",)}``): groups another stage
+    wrote, e.g. the tuned head; they replace params.yaml's before the overrides apply."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (run from the project root or pass --params)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    raw = raw or {}
+    raw = _read(path, "run from the project root or pass --params")
+    for file, groups in (params_files or {}).items():
+        written = _read(file, "a stage writes it: run `dvc repro` first")
+        for group in groups:
+            if group not in written:
+                raise ConfigError(f"{file}: {group} is missing")
+            _check(typing.get_type_hints(Config)[group], written[group], group, {}, str(file))
+            raw[group] = written[group]
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, source=path.name)
     return from_dict(raw, source=path.name)
+
+
+def _read(path: Path, hint: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found ({hint})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return raw or {}
 
 
 def parse_sets(pairs: list[str], mlproject: bool = False) -> list[tuple[str, str]]:
@@ -267,7 +317,10 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
         if name not in raw:
             raise ConfigError(f"{source}: {path} is missing")
         values[name] = _check(hints[name], raw[name], path, f.metadata, source)
-    return cls(**values)
+    built = cls(**values)
+    if hasattr(built, "problem") and (problem := built.problem()):  # rules across keys
+        raise ConfigError(f"{source}: {prefix}{problem}")
+    return built
 
 
 def _check(hint: Any, value: Any, path: str, meta: typing.Mapping, source: str) -> Any:
@@ -283,7 +336,10 @@ def _check(hint: Any, value: Any, path: str, meta: typing.Mapping, source: str) 
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:  # ``X | None``: X's own message is the precise one
+            return _check(candidates[0], value, path, meta, source)
+        for arg in candidates:
             try:
                 return _check(arg, value, path, meta, source)
             except _OutOfRange:
@@ -293,9 +349,13 @@ def _check(hint: Any, value: Any, path: str, meta: typing.Mapping, source: str) 
         names = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"{source}: {path} must be {names} (got {value!r})")
     if origin is list:
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list) or (not value and not meta.get("empty")):
             raise ConfigError(f"{source}: {path} must be a non-empty list (got {value!r})")
-        return [_check(args[0], v, f"{path}[{i}]", meta, source) for i, v in enumerate(value)]
+        items = [_check(args[0], v, f"{path}[{i}]", meta, source) for i, v in enumerate(value)]
+        if meta.get("pair") and (len(items) != 2 or items[0] > items[1]):
+            raise _OutOfRange(f"{source}: {path} must be [low, high] with low <= high "
+                              f"(got {value!r})")
+        return items
     return _check_scalar(hint, value, path, meta, source)
 
 
@@ -323,5 +383,7 @@ def _check_scalar(hint: type, value: Any, path: str, meta: typing.Mapping, sourc
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        return "a list"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string",
             type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -15,3 +15,7 @@ class DataError(TlearnError):
 
 class WeightsError(TlearnError):
     """A weights file is unreadable or does not fit the network (names the tensor/file)."""
+
+
+class TuningError(TlearnError):
+    """No trial of a study completed (the message names the most common error)."""

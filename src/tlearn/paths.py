@@ -19,6 +19,7 @@ CHECKPOINTS = DATA / "checkpoints"      # finetune resume state, not a DVC outpu
 MODELS = Path("models")
 LABELS = MODELS / "labels.json"
 PREPROCESS = MODELS / "preprocess.json"  # how predict must square-ify images for the models
+HEAD_PARAMS = MODELS / "head_params.yaml"  # the head train_head trains (tune writes it)
 HEAD_MODEL = MODELS / "head.keras"
 MODEL = MODELS / "model.keras"
 REPORTS = Path("reports")

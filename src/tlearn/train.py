@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+HEAD_STEPS_PER_CALL = 32
 
 
 def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
@@ -40,11 +41,12 @@ def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.
 
 
 def compile_classifier(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                       label_smoothing: float = 0.0) -> None:
+                       label_smoothing: float = 0.0, steps_per_execution: int = 1) -> None:
     # One-hot targets: Keras' sparse loss has no label smoothing.
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                  steps_per_execution=steps_per_execution)
 
 
 def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
@@ -218,8 +220,12 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
     """The new head trained on cached features of the frozen base, best epoch restored."""
     keras.utils.set_random_seed(seed)
     head = build_head(train.x.shape[1:], n_classes, params)
+    # A small head's step is shorter than TensorFlow's cost of starting one: running
+    # HEAD_STEPS_PER_CALL steps per call halves an epoch (same batches, same weights), and
+    # tuning trains dozens of heads.
     compile_classifier(head, make_optimizer(params.optimizer, params.learning_rate,
-                                            params.momentum), params.label_smoothing)
+                                            params.momentum), params.label_smoothing,
+                       steps_per_execution=HEAD_STEPS_PER_CALL)
     head, history, *_ = fit_epochs(
         head,
         array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),

@@ -1,6 +1,8 @@
 """`dvc repro` of the whole pipeline on tiny synthetic data in a temporary project:
-outputs and metrics, nothing reruns the second time, a finetune param reruns only
-finetune and evaluate, and a finetune killed with SIGKILL resumes when rerun."""
+outputs and metrics, nothing reruns the second time, without tuning train_head trains
+params.yaml's head exactly, a finetune param reruns only finetune and evaluate, raising
+only tune.n_trials reruns tune for the added trials, and a finetune killed with SIGKILL
+resumes when rerun."""
 
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ def project(tmp_path_factory) -> Path:
     colour_images(root / "images")
     set_params(root, data__source="images", prepare__image_size=32, augment__copies=1,
                head__epochs=30, head__batch_size=16, head__learning_rate=0.003, head__units=[16], finetune__epochs=2, finetune__unfreeze=10,
-               finetune__learning_rate=0.0001)
+               finetune__learning_rate=0.0001, tune__n_trials=0)
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                 [str(BIN / "dvc"), "config", "core.analytics", "false"]):
         run(cmd, root)
@@ -69,7 +71,7 @@ def stages_run(output: str) -> list[str]:
 
 def test_repro_builds_every_output_with_good_metrics(project):
     result = run([str(BIN / "dvc"), "repro"], project)
-    assert stages_run(result.stdout) == ["download", "prepare", "augment", "features",
+    assert stages_run(result.stdout) == ["download", "prepare", "augment", "features", "tune",
                                          "train_head", "finetune", "evaluate"]
     report = json.loads((project / "reports/evaluate.json").read_text())
     assert {"accuracy", "top_k_accuracy", "loss", "head_accuracy", "n_test",
@@ -98,6 +100,28 @@ def test_dvc_compares_a_handful_of_headline_figures(project):
         assert "seconds" not in text and "per_second" not in text, report.name
 
 
+def test_without_tuning_train_head_trains_params_yaml_s_head_exactly(project):
+    """tune.n_trials 0 writes params.yaml's head through: the same weights and history as
+    training that head directly, as before the tune stage existed."""
+    import keras
+
+    from tlearn import config, features, train
+    from tlearn.io import read_csv
+    from tlearn.models import preprocess  # noqa: F401  (registers the layer head.keras uses)
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert yaml.safe_load((project / "models/head_params.yaml").read_text()) == \
+        {"head": params["head"]}
+    cfg = config.load(project / "params.yaml")
+    folder = project / "data/features"
+    head, history = train.train_head(features.load_training(folder),
+                                     features.load("validation", folder), len(COLOURS),
+                                     cfg.head, seed=cfg.base.seed)
+    trained = keras.saving.load_model(project / "models/head.keras").get_layer("head")
+    assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), head.get_weights()))
+    assert read_csv(project / "reports/head_history.csv") == history
+
+
 def test_second_repro_runs_nothing(project):
     result = run([str(BIN / "dvc"), "repro"], project)
     assert stages_run(result.stdout) == []
@@ -116,7 +140,8 @@ def test_editing_library_code_marks_exactly_the_stages_that_use_it(project):
     original = train_py.read_text()
     train_py.write_text(original + "\n# an edit\n")
     try:
-        assert changed_stages(project) == {"train_head": ["src/tlearn/train.py"],
+        assert changed_stages(project) == {"tune": ["src/tlearn/train.py"],
+                                           "train_head": ["src/tlearn/train.py"],
                                            "finetune": ["src/tlearn/train.py"]}
     finally:
         train_py.write_text(original)
@@ -136,14 +161,15 @@ def test_plain_repros_are_comparable_pipeline_runs_in_mlflow(project):
 
     set_params(project, head__dropout=0.5)
     result = run([str(BIN / "dvc"), "repro"], project)
-    assert stages_run(result.stdout) == ["train_head", "finetune", "evaluate"]
+    assert stages_run(result.stdout) == ["tune", "train_head", "finetune", "evaluate"]
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("tlearn").experiment_id
     pipelines = client.search_runs([exp_id], filter_string="tags.stage = 'pipeline'",
                                    order_by=["attributes.start_time ASC"])
     assert len(pipelines) == 3  # the first repro, the learning-rate change, this one
     expected = [["augment", "download", "evaluate", "features", "finetune", "prepare",
-                 "train_head"], ["evaluate", "finetune"], ["evaluate", "finetune", "train_head"]]
+                 "train_head", "tune"], ["evaluate", "finetune"],
+                ["evaluate", "finetune", "train_head", "tune"]]
     for pipeline, stages in zip(pipelines, expected):
         assert pipeline.info.status == "FINISHED"
         nested = client.search_runs(
@@ -155,6 +181,24 @@ def test_plain_repros_are_comparable_pipeline_runs_in_mlflow(project):
     report = json.loads((project / "reports/evaluate.json").read_text())
     assert last.data.metrics["test/accuracy"] == pytest.approx(report["accuracy"])
     assert set(first.data.params) == set(last.data.params)
+
+
+def test_raising_only_n_trials_reruns_tune_which_runs_only_the_added_trials(project):
+    def repro_tune() -> tuple[list[str], dict]:
+        result = run([str(BIN / "dvc"), "repro", "tune"], project)
+        return stages_run(result.stdout), json.loads((project / "reports/tune.json").read_text())
+
+    set_params(project, tune__n_trials=2)
+    ran, report = repro_tune()
+    assert ran == ["tune"] and (report["ran"], report["trials"]) == (2, 2)
+    # train_head sees the tuned head through its params file
+    assert "models/head_params.yaml" in changed_stages(project)["train_head"]
+    set_params(project, tune__n_trials=3)
+    ran, resumed = repro_tune()
+    assert ran == ["tune"] and (resumed["ran"], resumed["trials"]) == (1, 3)
+    assert resumed["study"] == report["study"]
+    ran, _ = repro_tune()
+    assert ran == []  # twice: nothing runs
 
 
 def test_killed_finetune_resumes_where_it_stopped(project):

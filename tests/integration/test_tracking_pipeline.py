@@ -39,9 +39,10 @@ BIN = Path(sys.executable).parent
 DVC, MLFLOW = BIN / "dvc", BIN / "mlflow"
 FILES = ("params.yaml", "dvc.yaml", "MLproject", "python_env.yaml", ".gitignore", "Makefile",
          "requirements.lock", "pyproject.toml")
-STAGES = ["download", "prepare", "augment", "features", "train_head", "finetune", "evaluate"]
-TINY = {"prepare.image_size": 32, "augment.copies": 1, "head.epochs": 2, "finetune.epochs": 1,
-        "finetune.unfreeze": 5}
+STAGES = ["download", "prepare", "augment", "features", "tune", "train_head", "finetune",
+          "evaluate"]
+TINY = {"prepare.image_size": 32, "augment.copies": 1, "head.epochs": 2, "tune.n_trials": 0,
+        "finetune.epochs": 1, "finetune.unfreeze": 5}
 COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
 pytestmark = pytest.mark.skipif(not DVC.exists() or not MLFLOW.exists() or not shutil.which("git"),
@@ -248,7 +249,7 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
     # Nested stage runs: every stage the first time, only what the dropout touches the second.
     first, second = (children(client, run.info.run_id) for run in pipelines)
     assert sorted(first) == sorted(STAGES)
-    assert sorted(second) == ["evaluate", "finetune", "train_head"]
+    assert sorted(second) == ["evaluate", "finetune", "train_head", "tune"]
     for name, run in {**first, **second}.items():
         assert run.info.status == "FINISHED" and run.data.tags["stage"] == name
         assert run.data.tags["git.commit"] == commit and run.data.tags["dvc.exp_name"]

@@ -32,7 +32,9 @@ def test_dvc_yaml_entry_matches_the_declaration(name):
     stage, spec = stages.get(name), DVC_YAML[name]
     assert spec["cmd"] == f"tlearn {name}"
     assert entries(spec, "deps") == [str(p) for p in (*stage.deps, *code_deps(name))]
-    assert spec["params"] == list(stage.params)
+    # params.yaml keys, then each params file another stage writes with its keys
+    assert spec["params"] == [*stage.params, *({str(path): list(keys)}
+                                               for path, keys in stage.params_files.items())]
     report = [str(stage.report)] if stage.report else []
     assert entries(spec, "outs") == [str(p) for p in stage.outs] + report
     assert entries(spec, "metrics") == [str(p) for p in stage.metrics]
@@ -83,8 +85,42 @@ def test_code_deps_follow_imports_and_leave_out_what_never_changes_outputs():
 
 def test_upstream_follows_reads_and_writes():
     assert stages.upstream_of("download") == set()
-    assert stages.upstream_of("train_head") == {"download", "prepare", "augment", "features"}
+    assert stages.upstream_of("tune") == {"download", "prepare", "augment", "features"}
+    # train_head reads tune's output as a params file: the tuned head
+    assert stages.upstream_of("train_head") == {"download", "prepare", "augment", "features",
+                                                "tune"}
     assert stages.upstream_of("evaluate") == set(stages.all_stages()) - {"evaluate"}
+
+
+def test_a_params_file_of_another_stage_is_read_in_place_of_params_yaml(tmp_path):
+    """train_head's head comes from tune's models/head_params.yaml; -S still wins."""
+    import yaml
+
+    from conftest import PARAMS
+    from tlearn import config
+
+    stage = stages.get("train_head")
+    assert stage.params_files == {Path("models/head_params.yaml"): ("head",)}
+    assert "head" not in stage.params and "head" in stage.param_keys
+    tuned = yaml.safe_load(PARAMS.read_text())["head"] | {"units": [], "dropout": 0.1}
+    written = tmp_path / "head_params.yaml"
+    written.write_text(yaml.safe_dump({"head": tuned}))
+    cfg = config.load(PARAMS, {"head.epochs": 3}, {written: ("head",)})
+    assert (cfg.head.units, cfg.head.dropout, cfg.head.epochs) == ([], 0.1, 3)
+    assert cfg.tune == config.load(PARAMS).tune  # other groups stay params.yaml's
+    written.write_text(yaml.safe_dump({"head": tuned | {"dropout": 2}}))
+    with pytest.raises(config.ConfigError, match=f"^{written}: head.dropout must be <= 0.95"):
+        config.load(PARAMS, params_files={written: ("head",)})
+    with pytest.raises(config.ConfigError, match="not found .*run `dvc repro` first"):
+        config.load(PARAMS, params_files={tmp_path / "missing.yaml": ("head",)})
+
+
+def test_stage_options_become_command_line_options():
+    parser = cli.build_parser()
+    assert parser.parse_args(["tune", "--workers", "3"]).workers == 3
+    assert parser.parse_args(["tune"]).workers == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train_head", "--workers", "3"])  # only the stage that declares it
 
 
 def test_no_stage_name_is_a_string_literal_outside_its_declaration():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pytest
 
@@ -180,13 +181,21 @@ def test_a_stage_can_log_child_runs_in_one_batch_each(client, source, monkeypatc
     from tlearn.tracking.store import Settings
 
     connected = store.connect(Settings.from_environ(), "tlearn")
-    stage_run = StageRun(connected, stages.get("download"), config.load("params.yaml"))
+    cfg = config.load("params.yaml")
+    stage_run = StageRun(connected, stages.get("download"), cfg, cfg)
     trial = stage_run.child("trial 0", {"head.dropout": 0.25})
     trial.log({"val_accuracy": 0.5}, step=1)
     trial.log({"val_accuracy": 0.75}, step=2)
     assert client.get_run(trial.run_id).data.metrics == {}  # nothing sent yet
     trial.end("KILLED", tags={"optuna.state": "PRUNED"})
+    # A worker process (tlearn tune --workers) gets a picklable tracker for the same run.
+    worker = pickle.loads(pickle.dumps(stage_run.for_worker()))
+    other = worker.child("trial 1", {"head.dropout": 0.5})
+    other.end("FINISHED", tags={"optuna.state": "COMPLETE"})
+    stage_run.log_params({"best.dropout": 0.25})
     stage_run.end()
+    assert client.get_run(other.run_id).data.tags["mlflow.parentRunId"] == stage_run.run_id
+    assert client.get_run(stage_run.run_id).data.params["best.dropout"] == "0.25"
     got = client.get_run(trial.run_id)
     assert got.info.status == "KILLED" and got.data.tags["optuna.state"] == "PRUNED"
     assert got.data.tags["mlflow.parentRunId"] == stage_run.run_id

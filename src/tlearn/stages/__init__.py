@@ -2,9 +2,10 @@
 
 A stage module holds a :class:`Stage` record named ``STAGE`` (what it reads, writes and
 reports) and a function ``run(cfg) -> dict of metrics`` (``run(cfg, tracker)`` for a stage
-that logs runs of its own, such as tuning trials: see :class:`Tracker`). Everything else derives from
-those records: the ``tlearn <stage>`` subcommands, what tracking logs for a stage, and
-the code dependencies ``dvc.yaml`` must list (a test checks that dvc.yaml agrees).
+that logs runs of its own, such as tuning trials: see :class:`Tracker`; its
+:class:`Option` s come as keyword arguments). Everything else derives from those records:
+the ``tlearn <stage>`` subcommands, what tracking logs for a stage, and the code
+dependencies ``dvc.yaml`` must list (a test checks that dvc.yaml agrees).
 Adding a stage means one new module here plus its ``dvc.yaml`` entry.
 
 Stage modules import the heavy libraries (TensorFlow) inside ``run``: listing the
@@ -19,7 +20,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +32,16 @@ NOT_CODE_DEPS = ("tlearn", "tlearn.cli", "tlearn.config", "tlearn.errors", "tlea
 
 
 @dataclass(frozen=True)
+class Option:
+    """A command-line option of a stage's subcommand, passed to ``run`` by name. Not a
+    param: it changes how the stage runs (``tlearn tune --workers 4``), so DVC ignores it."""
+
+    name: str
+    help: str
+    default: int = 1
+
+
+@dataclass(frozen=True)
 class Stage:
     """What one DVC stage reads and writes; paths are relative to the project root."""
 
@@ -38,6 +49,10 @@ class Stage:
     help: str
     params: tuple[str, ...]              # params.yaml keys (groups or dotted), as dvc.yaml lists
     deps: tuple[Path, ...]               # data and models it reads
+    # Params groups read from a file another stage writes, in place of params.yaml's:
+    # {models/head_params.yaml: ("head",)} (the tuned head). dvc.yaml lists them as a
+    # params file, so `dvc params diff` shows the values the stage used.
+    params_files: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
     outs: tuple[Path, ...] = ()          # data and models it writes (cached by DVC)
     report: Path | None = None           # its figures, JSON (a plain file for DVC)
     metrics: tuple[Path, ...] = ()       # the pipeline's headline figures: DVC metrics
@@ -50,6 +65,7 @@ class Stage:
     metric_prefix: str = ""              # MLflow metric names: ``<prefix>/<key>``, default
                                          # ``<name>.<key>``
     registers_model: bool = False        # the final model goes to the registry
+    options: tuple[Option, ...] = ()     # extra command-line options of `tlearn <name>`
 
     @property
     def module(self) -> str:
@@ -60,14 +76,23 @@ class Stage:
         """Every file it writes under reports/."""
         return (*([self.report] if self.report else []), *self.metrics, *self.plots)
 
+    @property
+    def param_keys(self) -> tuple[str, ...]:
+        """Every params key it reads: params.yaml's and those of its params files."""
+        return self.params + tuple(key for keys in self.params_files.values() for key in keys)
+
+    @property
+    def reads(self) -> tuple[Path, ...]:
+        return self.deps + tuple(self.params_files)
+
     def metric_name(self, key: str) -> str:
         return f"{self.metric_prefix}/{key}" if self.metric_prefix else f"{self.name}.{key}"
 
-    def run(self, cfg, tracker: Tracker | None = None) -> dict:
+    def run(self, cfg, tracker: Tracker | None = None, **options: Any) -> dict:
         function = importlib.import_module(self.module).run
         if "tracker" in inspect.signature(function).parameters:
-            return function(cfg, tracker=tracker or UNTRACKED)
-        return function(cfg)
+            return function(cfg, tracker=tracker or UNTRACKED, **options)
+        return function(cfg, **options)
 
 
 class ChildRun(Protocol):
@@ -86,9 +111,22 @@ class Tracker(Protocol):
 
     def child(self, name: str, params: Mapping[str, Any]) -> ChildRun: ...
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params the stage found (the tuned head), beside those it read."""
+
+    def for_worker(self) -> Tracker:
+        """A picklable tracker another process (a tuning worker) uses to add children to
+        this same run."""
+
 
 class Untracked:
     def child(self, name: str, params: Mapping[str, Any]) -> Untracked:
+        return self
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def for_worker(self) -> Untracked:
         return self
 
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -136,7 +174,7 @@ def _reads_from(stage: Stage, stages) -> set[str]:
         return a == b or a in b.parents or b in a.parents
 
     return {other.name for other in stages if other.name != stage.name
-            and any(overlap(dep, out) for dep in stage.deps
+            and any(overlap(dep, out) for dep in stage.reads
                     for out in (*other.outs, *other.reports))}
 
 

@@ -1,6 +1,8 @@
 """train_head stage: the new head on the cached features of the frozen base, then the
 base and head joined into one model taking raw RGB -> models/head.keras, with the class
-names (labels.json) and the image preparation (preprocess.json) beside it."""
+names (labels.json) and the image preparation (preprocess.json) beside it. The head's
+params come from models/head_params.yaml, which the tune stage writes (params.yaml's
+``head`` with the tuned keys replaced)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ log = logging.getLogger(__name__)
 STAGE = Stage(
     name="train_head",
     help="train the new head on the cached features -> models/head.keras",
-    params=("base.seed", "head"),
+    params=("base.seed",),
+    params_files={paths.HEAD_PARAMS: ("head",)},
     deps=(paths.FEATURES, paths.PREPARED_LABELS, paths.PREPARED_PREPROCESS),
     outs=(paths.HEAD_MODEL, paths.LABELS, paths.PREPROCESS),
     report=paths.REPORTS / "train_head.json",

@@ -52,9 +52,10 @@ def param_value(value: Any) -> str:
 
 
 def stage_params(cfg: Config, stage: Stage) -> dict[str, Any]:
-    """The flattened params.yaml keys the stage declares (a group brings all its keys)."""
+    """The flattened params keys the stage declares (a group brings all its keys), with the
+    values it used: a params file's (the tuned head) when ``cfg`` was loaded with it."""
     return {k: v for k, v in to_flat_dict(cfg).items()
-            if any(k == key or k.startswith(key + ".") for key in stage.params)}
+            if any(k == key or k.startswith(key + ".") for key in stage.param_keys)}
 
 
 def history_metrics(prefix: str, rows: list[dict]) -> list[tuple[str, float, int]]:
@@ -89,13 +90,18 @@ def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def log_metrics(client, run_id: str, metrics: Iterable[tuple[str, float, int]],
-                model_id: str | None = None) -> None:
-    from mlflow.entities import Metric
+                model_id: str | None = None, tags: Mapping[str, str] | None = None) -> None:
+    """Metrics (and tags) in batches of 1,000: one request for a tuning trial."""
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     items = [Metric(key, value, now, step, model_id=model_id) for key, value, step in metrics]
-    for start in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[start:start + 1000])
+    run_tags = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    for start in range(0, max(len(items), 1), 1000):
+        batch = items[start:start + 1000]
+        if batch or run_tags:
+            client.log_batch(run_id, metrics=batch, tags=run_tags)
+            run_tags = []
 
 
 def log_files(client, run_id: str, files: Iterable[Path]) -> None:
@@ -256,11 +262,11 @@ def latest_pipeline_run(store: Store) -> Any | None:
 class StageRun:
     """One stage's run, nested under the pipeline run of its execution when there is one."""
 
-    def __init__(self, store: Store, stage: Stage, cfg: Config):
+    def __init__(self, store: Store, stage: Stage, cfg: Config, pipeline_cfg: Config):
         import mlflow
 
         self.store, self.stage, self.cfg, self.client = store, stage, cfg, store.client
-        self.pipeline = self._pipeline()
+        self.pipeline = self._pipeline(pipeline_cfg)
         tags = provenance.run_tags(cfg, stage.name, store.settings.dvc_exp_name) | {
             "mlflow.source.name": f"tlearn {stage.name}"}
         if self.pipeline:
@@ -278,23 +284,28 @@ class StageRun:
         log.info("tracking: %s run %s%s at %s", stage.name, self.run_id,
                  f" (pipeline {self.pipeline.run_id})" if self.pipeline else "", store.uri)
 
-    def _pipeline(self) -> PipelineRun | None:
+    def _pipeline(self, cfg: Config) -> PipelineRun | None:
         """The pipeline run of this execution (made now if this stage is the first to
         execute); None for a stage run on its own, outside DVC and ``tlearn run``."""
         invocation = self.store.settings.invocation
         if not invocation:
             return None
-        pipeline = (PipelineRun.find(self.store, self.cfg, invocation)
-                    or PipelineRun.create(self.store, self.cfg, invocation, self.stage))
+        pipeline = (PipelineRun.find(self.store, cfg, invocation)
+                    or PipelineRun.create(self.store, cfg, invocation, self.stage))
         pipeline.stage_started(self.stage)
         return pipeline
 
     def child(self, name: str, params: Mapping[str, Any]) -> ChildRun | Untracked:
         """A run nested under this stage's run (see :class:`tlearn.stages.Tracker`)."""
+        return child_run(self.store, self.run_id, name, params)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
         with self.store.guarded():
-            if not self.store.disabled:
-                return ChildRun(self.store, self.client.get_run(self.run_id), name, params)
-        return Untracked()
+            log_params(self.client, self.run_id, params)
+
+    def for_worker(self) -> WorkerTracker:
+        return WorkerTracker(self.store.settings, self.cfg.tracking.experiment,
+                             self.store.required, self.run_id)
 
     def finish(self, metrics: Mapping[str, Any]) -> None:
         """Log what the completed stage wrote, here and on the pipeline run."""
@@ -327,9 +338,19 @@ class StageRun:
         mlflow.end_run(status)
 
 
+def child_run(store: Store, parent_id: str, name: str,
+              params: Mapping[str, Any]) -> ChildRun | Untracked:
+    """A run nested under ``parent_id``, or :class:`Untracked` once the store failed (and
+    is not required)."""
+    with store.guarded():
+        if not store.disabled:
+            return ChildRun(store, store.client.get_run(parent_id), name, params)
+    return Untracked()
+
+
 class ChildRun:
-    """A run nested under a stage's run; its metrics go in one batch when it ends, so
-    logging costs a few requests per child whatever its number of epochs."""
+    """A run nested under a stage's run: a tuning trial. Four requests whatever its number
+    of epochs: create, params, then its metrics and tags in one batch, and the status."""
 
     def __init__(self, store: Store, parent: Any, name: str, params: Mapping[str, Any]):
         self.store, self.client = store, store.client
@@ -344,10 +365,42 @@ class ChildRun:
 
     def end(self, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
         with self.store.guarded():
-            log_metrics(self.client, self.run_id, self.metrics)
-            for key, value in (tags or {}).items():
-                self.client.set_tag(self.run_id, key, value)
+            log_metrics(self.client, self.run_id, self.metrics, tags=tags)
             self.client.set_terminated(self.run_id, status)
+
+
+class WorkerTracker:
+    """A stage run as another process sees it (``tlearn tune --workers N``): it connects
+    when it is first used there and nests children under the same run. Picklable: it holds
+    only where the store is and which run."""
+
+    def __init__(self, settings: Settings, experiment: str, required: bool, run_id: str):
+        self.settings, self.experiment, self.required, self.run_id = \
+            settings, experiment, required, run_id
+        self._store: Store | None = None
+        self._connected_once = False
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None, "_connected_once": False}
+
+    def child(self, name: str, params: Mapping[str, Any]) -> ChildRun | Untracked:
+        store = self._connected()
+        return child_run(store, self.run_id, name, params) if store else Untracked()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if store := self._connected():
+            with store.guarded():
+                log_params(store.client, self.run_id, params)
+
+    def for_worker(self) -> WorkerTracker:
+        return self
+
+    def _connected(self) -> Store | None:
+        """The store, connected on first use in this process (None: down, not required)."""
+        if not self._connected_once:
+            self._store = connect(self.settings, self.experiment, self.required)
+            self._connected_once = True
+        return self._store
 
 
 class _NoRun(Untracked):
@@ -358,14 +411,17 @@ class _NoRun(Untracked):
 
 
 @contextmanager
-def stage_run(stage: Stage, cfg: Config, settings: Settings) -> Iterator[StageRun | _NoRun]:
+def stage_run(stage: Stage, cfg: Config, settings: Settings,
+              pipeline_cfg: Config | None = None) -> Iterator[StageRun | _NoRun]:
     """Track one stage: connect first (before the stage does any work), yield the run for
-    ``run.finish(metrics)`` once the stage completed, end it FINISHED, FAILED or KILLED."""
+    ``run.finish(metrics)`` once the stage completed, end it FINISHED, FAILED or KILLED.
+    ``cfg`` is what the stage ran with (its params files included); ``pipeline_cfg``,
+    params.yaml's, goes to the pipeline run (default: ``cfg``)."""
     store = connect(settings, cfg.tracking.experiment, cfg.tracking.required)
     run = None
     if store is not None:
         with store.guarded():
-            run = StageRun(store, stage, cfg)
+            run = StageRun(store, stage, cfg, pipeline_cfg or cfg)
     if run is None:
         yield _NoRun()
         return

@@ -32,7 +32,10 @@ DEFAULT_DB = Path("mlflow.db")
 ARTIFACTS = Path("mlartifacts")
 #: MLflow's own HTTP defaults retry for minutes; these are tighter (a user's values win).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 # Ending a run on a server prints two "View run" lines after one more
+                 # request: per tuning trial, that buries the log. tlearn names its runs.
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 #: Variables that would make MLflow resume or redirect runs tlearn did not make.
 STRAY = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 

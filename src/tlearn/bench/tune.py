@@ -1,0 +1,212 @@
+"""Tuning: its speed and what it finds, printed as a table and returned as a dict.
+
+On the cats-vs-dogs photos (EfficientNet-Lite0 features at 160 px, in a scratch project):
+
+- the whole ``dvc repro tune`` of 30 trials, start-up included, in trials per minute;
+- trials per minute of the cached-feature objective (the tune stage's own rate in that
+  run) and of the same objective with the frozen base inside every epoch: one trial of
+  that objective runs ``BASE_EPOCHS`` epochs on the images, and its rate is for a trial of
+  the study's mean length in epochs (a whole study of it would take hours);
+- the best validation and test accuracy after 50 trials (the study raised from 30 to 50,
+  so ``dvc repro tune`` runs the 20 added ones) next to the untuned head of params.yaml;
+  the same on the digits.
+
+Speed depends on the machine and its load; these are measurements, not test thresholds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from tlearn import paths
+from tlearn.io import read_json
+
+REPO = Path(__file__).resolve().parents[3]
+CATS_AND_DOGS = REPO.parent / "shared" / "datasets" / "cats_and_dogs"
+#: The README's cats-vs-dogs overrides (the features stage reads the first two).
+CATS_AND_DOGS_PARAMS = {"data.source": str(CATS_AND_DOGS), "prepare.image_size": 160,
+                        "augment.horizontal_flip": True, "augment.rotation": 0.05}
+BASE_EPOCHS = 2
+
+
+def scratch_project(params: dict) -> Path:
+    """A DVC project (no git) with this repo's code and params.yaml plus ``params``."""
+    root = Path(tempfile.mkdtemp(prefix="tlearn-bench-tune-"))
+    shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "src" / "tlearn", root / "src" / "tlearn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    set_params(root, params)
+    dvc(root, "init", "--no-scm", "-q")
+    return root
+
+
+def set_params(root: Path, params: dict) -> None:
+    source = root / "params.yaml" if (root / "params.yaml").exists() else REPO / "params.yaml"
+    raw = yaml.safe_load(source.read_text())
+    for dotted, value in params.items():
+        group, key = dotted.split(".")
+        raw[group][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def dvc(root: Path, *args: str) -> float:
+    """Run ``dvc args`` in the project; returns its wall time in seconds."""
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TLEARN_"))}
+    env |= {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(root / "src"),
+            "TF_CPP_MIN_LOG_LEVEL": "3"}
+    started = time.perf_counter()
+    subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def mean_epochs(root: Path) -> float:
+    """Epochs a trial of the project's study trained, on average."""
+    import optuna
+
+    from tlearn import tune
+
+    report = read_json(root / paths.REPORTS / "tune.json")
+    storage = tune.open_storage(str(root / yaml.safe_load(
+        (root / "params.yaml").read_text())["tune"]["storage"]))
+    trials = [t for t in optuna.load_study(study_name=report["study"], storage=storage).trials
+              if tune.finished(t) and t.last_step]
+    return sum(t.last_step for t in trials) / len(trials)
+
+
+def base_in_the_loop_seconds_per_epoch(root: Path) -> float:
+    """One trial of params.yaml's head trained through the frozen base: the prepared and
+    augmented training images and the validation images go through the base every epoch."""
+    import dataclasses
+
+    import keras
+    import numpy as np
+
+    from tlearn import config, train
+    from tlearn.data.store import load_split
+    from tlearn.models.head import assemble, build_head
+
+    cfg = config.load(root / "params.yaml")
+    splits = [load_split(root / paths.prepared_split("train")),
+              load_split(root / paths.AUGMENTED_TRAIN)]
+    images = np.concatenate([s.images for s in splits])
+    labels = np.concatenate([s.labels for s in splits])
+    validation = load_split(root / paths.prepared_split("validation"))
+    n_classes = len(read_json(root / paths.PREPARED_LABELS))
+    extractor = keras.saving.load_model(root / paths.EXTRACTOR)
+    head = build_head(extractor.output.shape[1:], n_classes,
+                      dataclasses.replace(cfg.head, epochs=BASE_EPOCHS))
+    model = assemble(extractor, head)
+    train.compile_classifier(model, train.make_optimizer(cfg.head.optimizer,
+                                                         cfg.head.learning_rate))
+    started = time.perf_counter()
+    train.fit_epochs(model,
+                     train.array_dataset(images, train.one_hot(labels, n_classes),
+                                         cfg.head.batch_size, seed=cfg.base.seed),
+                     train.array_dataset(validation.images,
+                                         train.one_hot(validation.labels, n_classes),
+                                         cfg.head.batch_size),
+                     epochs=BASE_EPOCHS, patience=BASE_EPOCHS)
+    return (time.perf_counter() - started) / BASE_EPOCHS
+
+
+def accuracies(root: Path, tuned: bool) -> dict[str, float]:
+    """Validation (best epoch) and test accuracy of the head train_head would train:
+    the tuned one (models/head_params.yaml) or params.yaml's."""
+    import numpy as np
+
+    from tlearn import config, features, train
+
+    params_files = {root / paths.HEAD_PARAMS: ("head",)} if tuned else None
+    cfg = config.load(root / "params.yaml", params_files=params_files)
+    folder = root / paths.FEATURES
+    n_classes = len(read_json(root / paths.PREPARED_LABELS))
+    head, history = train.train_head(features.load_training(folder),
+                                     features.load("validation", folder), n_classes,
+                                     cfg.head, seed=cfg.base.seed)
+    test = features.load("test", folder)
+    predicted = np.argmax(head.predict(test.x, verbose=0), axis=1)
+    return {"val_accuracy": train.best_epoch_metrics(history)["val_accuracy"],
+            "test_accuracy": float(np.mean(predicted == test.y))}
+
+
+def study(root: Path, n_trials: int) -> dict:
+    """Raise the study to ``n_trials`` with ``dvc repro tune``: its time and report."""
+    set_params(root, {"tune.n_trials": n_trials})
+    seconds = dvc(root, "repro", "tune")
+    return read_json(root / paths.REPORTS / "tune.json") | {"repro_seconds": seconds}
+
+
+def bench_cats_and_dogs() -> dict:
+    root = scratch_project(CATS_AND_DOGS_PARAMS | {"tune.n_trials": 0})
+    try:
+        features_seconds = dvc(root, "repro", "tune")  # download .. features, no trials
+        thirty = study(root, 30)
+        epochs = mean_epochs(root)
+        base_epoch = base_in_the_loop_seconds_per_epoch(root)
+        cached_rate = thirty["trials_per_minute"]
+        base_rate = 60 / (epochs * base_epoch)
+        fifty = study(root, 50)
+        return {"features_seconds": features_seconds,
+                "repro_30_seconds": thirty["repro_seconds"],
+                "repro_30_trials_per_minute": 30 / thirty["repro_seconds"] * 60,
+                "cached_trials_per_minute": cached_rate, "mean_epochs_per_trial": epochs,
+                "base_seconds_per_epoch": base_epoch, "base_trials_per_minute": base_rate,
+                "speedup": cached_rate / base_rate, "best_value_50": fifty["best_value"],
+                "tuned": accuracies(root, tuned=True), "untuned": accuracies(root, tuned=False)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_digits() -> dict:
+    root = scratch_project({"tune.n_trials": 0})
+    try:
+        dvc(root, "repro", "tune")
+        fifty = study(root, 50)
+        return {"repro_50_seconds": fifty["repro_seconds"], "best_value_50": fifty["best_value"],
+                "tuned": accuracies(root, tuned=True), "untuned": accuracies(root, tuned=False)}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> dict:
+    figures = {"digits": bench_digits()}
+    if CATS_AND_DOGS.is_dir():
+        figures["cats_and_dogs"] = bench_cats_and_dogs()
+    print_table(figures)
+    return figures
+
+
+def print_table(figures: dict) -> None:
+    cats = figures.get("cats_and_dogs")
+    if cats:
+        print(f"tune      cats vs dogs (Lite0, 160 px), {os.cpu_count()} cores")
+        print(f"          dvc repro tune, 30 trials, start-up included: "
+              f"{cats['repro_30_seconds']:.0f} s = {cats['repro_30_trials_per_minute']:.1f} "
+              f"trials/min (target >= 30)")
+        print(f"          cached-feature objective: {cats['cached_trials_per_minute']:.1f} "
+              f"trials/min ({cats['mean_epochs_per_trial']:.1f} epochs per trial)")
+        print(f"          frozen base in every epoch: {cats['base_seconds_per_epoch']:.0f} s per "
+              f"epoch = {cats['base_trials_per_minute']:.3f} trials/min; cached is "
+              f"{cats['speedup']:.0f}x faster (target >= 20x)")
+    else:
+        print(f"tune      cats vs dogs skipped: {CATS_AND_DOGS} not found")
+    print(f"          {'data':<14}{'head':<9}{'val accuracy':>14}{'test accuracy':>15}")
+    for name, result in figures.items():
+        for kind in ("untuned", "tuned"):
+            label = kind if kind == "untuned" else "50 trials"
+            print(f"          {name:<14}{label:<9}{result[kind]['val_accuracy']:>14.4f}"
+                  f"{result[kind]['test_accuracy']:>15.4f}")
+
+
+if __name__ == "__main__":
+    main()
