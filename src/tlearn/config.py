@@ -111,6 +111,33 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class BaselinesParams:
+    # The values each classifier's search tries on the validation split.
+    logistic_regression: list[float] = field(metadata=_range(0, lo_open=True))  # C
+    linear_svm: list[float] = field(metadata=_range(0, lo_open=True))           # C
+    gradient_boosting: list[int] = field(metadata=_range(1))                    # rounds
+    max_iter: int = field(metadata=_range(1))
+    boosting_learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    boosting_leaves: int = field(metadata=_range(2))
+    boosting_features: float = field(metadata=_range(0, 1, lo_open=True))
+    boosting_max_train: int = field(metadata=_range(10))
+
+
+@dataclass(frozen=True)
+class RegressParams:
+    source: str
+    target: str
+    experiment: str
+    test_size: float = field(metadata=_range(0, 0.5, lo_open=True))
+    validation: float = field(metadata=_range(0, 0.5, lo_open=True))
+    units: list[int] = field(metadata=_range(1))
+    learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    epochs: int = field(metadata=_range(1))
+    batch_size: int = field(metadata=_range(1))
+    patience: int = field(metadata=_range(0))
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str
     registered_model: str
@@ -130,6 +157,8 @@ class Config:
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams
+    baselines: BaselinesParams
+    regress: RegressParams
 
 
 def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Config:

@@ -1,5 +1,5 @@
 """Classification metrics on a test split: loss, accuracy, top-k, per-class precision /
-recall / F1, the confusion matrix, and the worst mistakes."""
+recall / F1, the confusion matrix, the worst mistakes, and every model side by side."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 BATCH_SIZE = 64
+#: The figures that compare models on one test split (as :func:`classification_report`).
+SUMMARY_KEYS = ("accuracy", "top_k_accuracy", "loss")
 
 
 def predict_probabilities(model, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -46,3 +48,26 @@ def worst_mistakes(y_true: np.ndarray, probs: np.ndarray, count: int) -> np.ndar
     wrong = np.flatnonzero(predicted != y_true)
     confidence = probs[wrong, predicted[wrong]]
     return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def comparison(baselines: dict, evaluate: dict) -> list[dict]:
+    """Every model on the same test split, best accuracy first: the classical classifiers
+    of ``reports/baselines.json`` (its ``classifiers``), then the Keras head and the
+    fine-tuned model from the evaluate report's figures."""
+    rows = [{"model": name, "route": "features + classical",
+             **{k: figures[k] for k in SUMMARY_KEYS}}
+            for name, figures in baselines["classifiers"].items()]
+    rows.append({"model": "keras_head", "route": "features + Keras head",
+                 **{k: evaluate[f"head_{k}"] for k in SUMMARY_KEYS}})
+    rows.append({"model": "fine_tuned", "route": "fine-tuned base + head",
+                 **{k: evaluate[k] for k in SUMMARY_KEYS}})
+    return sorted(rows, key=lambda row: -row["accuracy"])
+
+
+def markdown_table(rows: list[dict], k: int) -> str:
+    """:func:`comparison` as a Markdown table (the log's and the README's)."""
+    lines = [f"| model | route | test accuracy | top-{k} accuracy | loss |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['route']} | {r['accuracy']:.4f} | "
+              f"{r['top_k_accuracy']:.4f} | {r['loss']:.4f} |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """evaluate stage: the head model and the fine-tuned model on the test split ->
-reports/evaluate.json, the confusion matrix, the training curves and the worst mistakes."""
+reports/evaluate.json (with the comparison against the classical baselines), the
+confusion matrix, the training curves and the worst mistakes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from tlearn import paths
 from tlearn.config import Config
 from tlearn.stages import Stage
+from tlearn.stages.baselines import STAGE as BASELINES
 from tlearn.stages.finetune import STAGE as FINETUNE
 from tlearn.stages.train_head import STAGE as TRAIN_HEAD
 
@@ -18,7 +20,7 @@ STAGE = Stage(
     help="test-split metrics, confusion matrix, curves, worst mistakes",
     params=("evaluate",),
     deps=(paths.HEAD_MODEL, paths.MODEL, paths.LABELS, paths.prepared_split("test"),
-          TRAIN_HEAD.history, FINETUNE.history),
+          TRAIN_HEAD.history, FINETUNE.history, BASELINES.metrics[0]),
     metrics=(paths.REPORTS / "evaluate.json",),
     plots=(paths.REPORTS / "predictions.csv", paths.REPORTS / "confusion_matrix.png",
            paths.REPORTS / "training_curves.png", paths.REPORTS / "misclassified.png"),
@@ -35,7 +37,8 @@ def run(cfg: Config) -> dict:
     from tlearn import plots
     from tlearn.data.store import load_split
     from tlearn.io import read_csv, read_json, write_csv, write_json
-    from tlearn.metrics import classification_report, predict_probabilities
+    from tlearn.metrics import (classification_report, comparison, markdown_table,
+                                predict_probabilities)
     from tlearn.models import backbones  # noqa: F401  registers tlearn's layers for loading
 
     labels = read_json(paths.LABELS)
@@ -51,6 +54,7 @@ def run(cfg: Config) -> dict:
         "per_class": final["per_class"], "confusion_matrix": final["confusion_matrix"],
         "head_confusion_matrix": head["confusion_matrix"],
     }
+    report["comparison"] = comparison(read_json(BASELINES.metrics[0]), report)
     write_json(REPORT, report)
 
     predicted = probs["model"].argmax(axis=1)
@@ -65,5 +69,7 @@ def run(cfg: Config) -> dict:
     log.info("evaluate: test accuracy %.4f (head %.4f), top-%d %.4f, loss %.4f on %d images",
              report["accuracy"], report["head_accuracy"], report["k"],
              report["top_k_accuracy"], report["loss"], report["n_test"])
+    log.info("evaluate: every model on the test split\n%s",
+             markdown_table(report["comparison"], report["k"]))
     return {k: report[k] for k in ("accuracy", "top_k_accuracy", "loss", "head_accuracy",
                                     "n_test")}
