@@ -26,7 +26,8 @@ OVERRIDES = {
     "finetune.learning_rate": 0.0001,
     "finetune.epochs": 3,
 }
-STAGES = ("download", "prepare", "augment", "features", "train_head", "finetune", "evaluate")
+STAGES = ("download", "prepare", "augment", "features", "baselines", "train_head", "finetune",
+          "evaluate")
 
 pytestmark = [
     pytest.mark.e2e,
@@ -61,6 +62,11 @@ def test_lite0_transfer_learning_on_cats_and_dogs(trained):
     assert report["accuracy"] >= 0.98
     finetune = json.loads((tmp_path / "reports/finetune.json").read_text())
     assert finetune["unfrozen_layers"] > 0
+    # the classical route on the same features: close behind the head
+    baselines = json.loads((tmp_path / "reports/baselines.json").read_text())
+    assert baselines["logistic_regression_accuracy"] >= 0.96
+    assert baselines["linear_svm_accuracy"] >= 0.96
+    assert baselines["gradient_boosting_accuracy"] >= 0.93
 
 
 def test_a_flipped_cat_is_still_a_cat(trained):
