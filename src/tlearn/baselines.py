@@ -80,7 +80,8 @@ def logistic_regression(train: FeatureSet, validation: FeatureSet, params: Basel
                              LogisticRegression(C=c, max_iter=params.max_iter, random_state=seed))
 
     started = time.perf_counter()
-    rows, model = _fit_each("logistic_regression", "C", params.logistic_regression, make, train, validation)
+    rows, model = _fit_each("logistic_regression", "C", params.logistic_regression, make,
+                            train, validation)
     return Search("C", rows, rows[_best(rows)]["value"], model.predict_proba,
                   round(time.perf_counter() - started, 2))
 

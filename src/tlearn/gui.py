@@ -94,8 +94,9 @@ class Classifier:
                 self.predictors[model] = load_predictor(model, self.settings)
             problems = io.StringIO()
             results, failed = predict_files(self.predictors[model], [path], TOP, problems)
-            if failed:
-                return Outcome(path, model, [], error=problems.getvalue().strip())
+            if failed:  # predict's line names the file; the window says which already
+                reason = problems.getvalue().strip().removeprefix(f"{path}: ")
+                return Outcome(path, model, [], error=reason)
             return Outcome(path, model, top_lines(results[0]["predictions"]),
                            picture=display_image(path))
         except Exception as exc:  # noqa: BLE001 - whatever fails is shown, never a crash

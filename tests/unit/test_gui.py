@@ -31,28 +31,40 @@ def app():
     return QApplication.instance() or QApplication([])
 
 
-@pytest.fixture(scope="module")
-def colour_model(tmp_path_factory) -> Path:
+def colour_model_file(folder: Path, labels: list[str]) -> Path:
     """A tlearn-style model file: 32 px RGB -> mean colour -> softmax(0.01 * RGB), with
     labels.json and preprocess.json beside it. A red image scores softmax(2.55, 0, 0)."""
     import keras
 
-    folder = tmp_path_factory.mktemp("models")
     inputs = keras.Input((32, 32, 3))
     dense = keras.layers.Dense(3, activation="softmax")
     model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
     dense.set_weights([0.01 * np.eye(3, dtype="float32"), np.zeros(3, dtype="float32")])
     model.save(folder / "model.keras")
-    (folder / "labels.json").write_text(json.dumps(COLOURS))
+    (folder / "labels.json").write_text(json.dumps(labels))
     (folder / "preprocess.json").write_text(json.dumps({"image_size": 32, "resize_mode": "crop"}))
     return folder / "model.keras"
 
 
-def open_window(app, model: str) -> gui.Window:
-    window = gui.Window(gui.Classifier(), model)
-    window.show()
-    return window
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory) -> Path:
+    return colour_model_file(tmp_path_factory.mktemp("models"), COLOURS)
 
+
+@pytest.fixture
+def open_window(app):
+    """Open windows on a model; each is closed (its worker thread stopped) after the test."""
+    opened = []
+
+    def open_on(model: str) -> gui.Window:
+        opened.append(gui.Window(gui.Classifier(), model))
+        opened[-1].show()
+        return opened[-1]
+
+    yield open_on
+    for window in opened:
+        window.close()
+    
 
 def finish(window: gui.Window, seconds: float = 120) -> None:
     """Let Qt run until the worker's results are shown (the window stays live meanwhile)."""
@@ -95,9 +107,9 @@ def test_no_display_on_linux_is_told_not_crashed():
 
 # --- the window with a small model ----------------------------------------------------
 
-def test_an_image_shows_at_300_px_with_its_aspect_ratio_and_the_top_3(app, colour_model,
+def test_an_image_shows_at_300_px_with_its_aspect_ratio_and_the_top_3(open_window, colour_model,
                                                                       tmp_path):
-    window = open_window(app, str(colour_model))
+    window = open_window(str(colour_model))
     assert window.windowTitle() == "tlearn: image classifier"
     assert window.load_button.text() == "Load image"
     window.load_image(str(save_image(tmp_path / "red.png", solid(48, 64, (255, 0, 0)))))
@@ -112,36 +124,42 @@ def test_an_image_shows_at_300_px_with_its_aspect_ratio_and_the_top_3(app, colou
     assert shown(window)[0] == "1. blue (0.86)"
     pixmap = window.picture.pixmap()
     assert pixmap.height() == 300 and pixmap.width() / pixmap.height() == pytest.approx(30 / 120)
-    window.close()
+
+    # choosing another model classifies the same image again
+    french = colour_model_file(tmp_path, ["rouge", "vert", "bleu"])
+    window.model.addItem(str(french))
+    window.model.setCurrentIndex(window.model.count() - 1)
+    window.model.activated.emit(window.model.count() - 1)
+    finish(window)
+    assert shown(window) == ["1. bleu (0.86)", "2. rouge (0.07)", "3. vert (0.07)"]
 
 
-def test_a_bad_file_shows_a_message_and_the_window_goes_on(app, colour_model, tmp_path):
-    window = open_window(app, str(colour_model))
+def test_a_bad_file_shows_a_message_and_the_window_goes_on(open_window, colour_model, tmp_path):
+    window = open_window(str(colour_model))
     notes = tmp_path / "notes.png"
     notes.write_text("not an image")
     window.load_image(str(notes))
     finish(window)
     assert "Cannot classify notes.png" in window.status.text()
-    assert "not a readable image" in window.status.text()
+    assert "notes.png: not a readable image (" in window.status.text()
+    assert str(tmp_path) not in window.status.text()  # the file is named once, by name
     assert shown(window) == ["", "", ""] and window.picture.pixmap().isNull()
 
     window.load_image(str(save_image(tmp_path / "green.png", solid(40, 40, (0, 255, 0)))))
     finish(window)
     assert shown(window)[0] == "1. green (0.86)"
-    window.close()
 
 
-def test_a_bad_model_shows_a_message(app, tmp_path):
-    window = open_window(app, str(tmp_path / "missing.keras"))
+def test_a_bad_model_shows_a_message(open_window, tmp_path):
+    window = open_window(str(tmp_path / "missing.keras"))
     window.load_image(str(save_image(tmp_path / "red.png", solid(40, 40, (255, 0, 0)))))
     finish(window)
     assert "model file not found" in window.status.text()
     assert shown(window) == ["", "", ""]
-    window.close()
 
 
-def test_a_dropped_file_is_classified(app, colour_model, tmp_path):
-    window = open_window(app, str(colour_model))
+def test_a_dropped_file_is_classified(open_window, colour_model, tmp_path):
+    window = open_window(str(colour_model))
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(save_image(tmp_path / "drop.png",
                                                     solid(50, 100, (255, 0, 0)))))])
@@ -150,17 +168,16 @@ def test_a_dropped_file_is_classified(app, colour_model, tmp_path):
     finish(window)
     assert shown(window)[0] == "1. red (0.86)"
     assert (window.picture.pixmap().width(), window.picture.pixmap().height()) == (600, 300)
-    window.close()
 
 
 # --- the real offline ImageNet classifier ---------------------------------------------
 
-def test_lite0_calls_the_coffee_photo_espresso_and_the_window_renders(app, tmp_path,
+def test_lite0_calls_the_coffee_photo_espresso_and_the_window_renders(open_window, tmp_path,
                                                                       tmp_weights_cache):
     coffee = tmp_path / "coffee.png"
     Image.fromarray(np.load(REFERENCE / "photos_rgb255_224.npy")[0].round()
                     .astype(np.uint8)).save(coffee)
-    window = open_window(app, "imagenet:efficientnet_lite0")
+    window = open_window("imagenet:efficientnet_lite0")
     window.resize(560, 520)
     window.load_image(str(coffee))
     finish(window)
@@ -178,4 +195,3 @@ def test_lite0_calls_the_coffee_photo_espresso_and_the_window_renders(app, tmp_p
         pixels = np.asarray(png.convert("RGB"))
     # the photo is drawn (many colours in the image area), not a blank window
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000
-    window.close()
