@@ -2,10 +2,11 @@
 (features of the pretrained base fed to logistic regression, an SVM, gradient boosting).
 
 Each classifier tries a few values of its main knob, keeps the one with the best
-validation accuracy (the first on ties: candidates are listed from the simplest model),
-and is scored on the test split with the report the Keras models get
+validation accuracy (the first on ties: list the candidates simplest model first), and is
+scored on the test split with the report the Keras models get
 (:func:`tlearn.metrics.classification_report`), so its figures sit beside the head's and
-the fine-tuned model's (:func:`tlearn.metrics.comparison`). Arrays in, figures out; no file I/O.
+the fine-tuned model's (:func:`tlearn.metrics.comparison`). Arrays in, figures out; no
+file I/O.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -90,18 +91,31 @@ def linear_svm(train: FeatureSet, validation: FeatureSet, params: BaselinesParam
                seed: int) -> Search:
     """A linear SVM (one-vs-rest, liblinear's dual solver: the fast one for a few thousand
     rows) on standardised features; the knob is C. An SVM gives margins, not
-    probabilities: the chosen one is calibrated by Platt scaling on the validation split
-    (no refit), for the test report's loss and top-k."""
+    probabilities: the test report's loss and top-k get softmax(margins / T), with the one
+    temperature T fitted on the validation split (the SVM's predictions stay as they are)."""
     def make(c: float):
         return make_pipeline(StandardScaler(), LinearSVC(C=c, dual=True, max_iter=params.max_iter,
                                                          random_state=seed))
 
     started = time.perf_counter()
     rows, model = _fit_each("linear_svm", "C", params.linear_svm, make, train, validation)
-    calibrated = CalibratedClassifierCV(FrozenEstimator(model), method="sigmoid")
-    calibrated.fit(validation.x, validation.y)
-    return Search("C", rows, rows[_best(rows)]["value"], calibrated.predict_proba,
+
+    def margins(x: np.ndarray) -> np.ndarray:
+        scores = model.decision_function(x)  # (N,) for two classes: the second one's margin
+        return np.column_stack([np.zeros_like(scores), scores]) if scores.ndim == 1 else scores
+
+    temperature = fit_temperature(margins(validation.x), validation.y)
+    return Search("C", rows, rows[_best(rows)]["value"],
+                  lambda x: softmax(margins(x) / temperature, axis=1),
                   round(time.perf_counter() - started, 2))
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T for which softmax(scores / T) has the least log loss on ``y``."""
+    def log_loss(log_t: float) -> float:
+        return float(-log_softmax(scores / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
+
+    return float(np.exp(minimize_scalar(log_loss, bounds=(-7, 7), method="bounded").x))
 
 
 def gradient_boosting(train: FeatureSet, validation: FeatureSet, params: BaselinesParams,

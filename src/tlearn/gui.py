@@ -237,9 +237,9 @@ def to_pixmap(rgb: np.ndarray) -> QPixmap:
     return QPixmap.fromImage(image.copy())  # copy: the QImage must not outlive the array
 
 
-def has_display(environ=os.environ, platform: str = sys.platform) -> bool:
+def has_display(environ=os.environ, platform: str | None = None) -> bool:
     """Whether Qt can open a window (on Linux it aborts the process when it cannot)."""
-    return not platform.startswith("linux") or any(
+    return not (platform or sys.platform).startswith("linux") or any(
         environ.get(key) for key in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 

@@ -190,3 +190,26 @@ def test_stage_logs_nested_mlflow_runs_named_after_the_classifiers(feature_files
         assert run.info.status == "FINISHED"
         assert run.data.metrics["test/accuracy"] == \
             parent.data.metrics[f"test/{run.info.run_name}_accuracy"]
+
+
+def test_the_svm_temperature_is_the_one_with_the_least_log_loss():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    # margins that are right 80 % of the time and far too confident
+    scores = 20 * (np.eye(3)[np.where(rng.random(300) < 0.8, y, (y + 1) % 3)] - 0.5)
+    t = baselines.fit_temperature(scores, y)
+
+    def loss(temperature):
+        z = scores / temperature
+        z -= z.max(axis=1, keepdims=True)
+        return -np.mean(z[np.arange(300), y] - np.log(np.exp(z).sum(axis=1)))
+
+    assert t > 1  # over-confident margins are softened
+    assert loss(t) <= min(loss(t * 0.9), loss(t * 1.1), loss(1.0))
+
+
+def test_a_validation_split_of_one_image_per_class_is_enough(splits, params):
+    train, _, test = splits
+    for search in baselines.CLASSIFIERS.values():
+        found = search(train, blobs(1, 5), params, seed=0)
+        assert found.predict_proba(test.x).shape == (len(test), 3)

@@ -195,3 +195,14 @@ def test_lite0_calls_the_coffee_photo_espresso_and_the_window_renders(open_windo
         pixels = np.asarray(png.convert("RGB"))
     # the photo is drawn (many colours in the image area), not a blank window
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000
+
+
+def test_the_command_without_a_display_stops_in_one_line(monkeypatch, capsys):
+    from tlearn.cli import main
+
+    monkeypatch.setattr(gui.sys, "platform", "linux")
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["gui"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tlearn gui: no display")
