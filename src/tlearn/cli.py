@@ -97,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "centre crops (flip_crops) (default: none)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("gui", help="a desktop window: load an image, see the top 3 classes")
+    p.add_argument("image", nargs="?", help="an image to classify at start")
+    p.add_argument("--model", default="imagenet:efficientnet_lite0",
+                   help="imagenet:<backbone>, a .keras file or models:/<name>@<alias> "
+                        "(default: %(default)s; the window has a chooser)")
+    p.set_defaults(handler=_gui)
+
+    p = sub.add_parser("regress", help="Keras regression (Dense 16-8-1) on a table beside a "
+                                       "linear regression: regress.source, regress.target")
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a params key, e.g. -S regress.source=housing.csv")
+    p.set_defaults(handler=_regress)
     return parser
 
 
@@ -171,6 +185,37 @@ def _tell_tlearn_run(args: argparse.Namespace, code: int) -> None:
     if getattr(args, "stage", None) and invocation.startswith(RUN_PREFIX) \
             and Path(".dvc", "tmp").is_dir():
         stage_exit_file(invocation).write_text(str(code))
+
+
+def _gui(args: argparse.Namespace) -> int:
+    try:
+        from tlearn import gui
+    except ImportError as exc:  # PySide6 (or a library Qt needs) is missing
+        print(f"tlearn gui needs PySide6: pip install -e '.[gui]' ({exc})", file=sys.stderr)
+        return 2
+    return gui.main(args.model, args.image, args.settings)
+
+
+def _regress(args: argparse.Namespace) -> int:
+    from tlearn import config, regress
+    from tlearn.tracking.standalone import command_run
+
+    cfg = config.load(args.params, overrides=_parse_overrides(args.set))
+    table = regress.load_table(cfg.regress.source, cfg.regress.target)  # before anything is made
+    params = {"base.seed": cfg.base.seed,
+              **{f"regress.{k}": v for k, v in vars(cfg.regress).items()}}
+    with command_run(args.settings, cfg.regress.experiment, cfg.tracking.required, "regress",
+                     params, tags={"regress.source": cfg.regress.source}) as run:
+        result = regress.run(cfg, table)
+        run.finish(result.metrics, (regress.HISTORY_PREFIX, result.history),
+                   (regress.REPORT, regress.PLOT), (regress.MODEL, result.example))
+    report = result.report
+    print(regress.format_rows(report["first_rows"], report["target"]), end="")
+    for name in ("network", "linear_regression"):
+        figures = report[name]
+        print(f"{name}: R2 {figures['r2']:.4f}, RMSE {figures['rmse']:.4f}, "
+              f"MAE {figures['mae']:.4f} on {report['n_test']} test rows")
+    return 0
 
 
 def _parse_overrides(pairs: list[str]) -> dict:

@@ -128,6 +128,33 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class BaselinesParams:
+    # The values each classifier's search tries on the validation split.
+    logistic_regression: list[float] = field(metadata=_range(0, lo_open=True))  # C
+    linear_svm: list[float] = field(metadata=_range(0, lo_open=True))           # C
+    gradient_boosting: list[int] = field(metadata=_range(1))                    # rounds
+    max_iter: int = field(metadata=_range(1))
+    boosting_learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    boosting_leaves: int = field(metadata=_range(2))
+    boosting_features: float = field(metadata=_range(0, 1, lo_open=True))
+    boosting_max_train: int = field(metadata=_range(10))
+
+
+@dataclass(frozen=True)
+class RegressParams:
+    source: str
+    target: str
+    experiment: str
+    test_size: float = field(metadata=_range(0, 0.5, lo_open=True))
+    validation: float = field(metadata=_range(0, 0.5, lo_open=True))
+    units: list[int] = field(metadata=_range(1))
+    learning_rate: float = field(metadata=_range(0, 1, lo_open=True))
+    epochs: int = field(metadata=_range(1))
+    batch_size: int = field(metadata=_range(1))
+    patience: int = field(metadata=_range(0))
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str
     registered_model: str
@@ -177,6 +204,8 @@ class Config:
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams
+    baselines: BaselinesParams
+    regress: RegressParams
 
 
 def load(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None,
@@ -233,9 +262,9 @@ def from_dict(raw: dict[str, Any], source: str = "params.yaml") -> Config:
     return _build(Config, apply_preset(raw, source), prefix="", source=source)
 
 
-#: ``preset: auto`` picks by data.source: the small-image preset for the embedded digits,
-#: the photo preset for everything else.
-AUTO_PRESET = {"digits": "small"}
+#: ``preset: auto`` picks by data.source: the small-image preset for the embedded digits and
+#: CIFAR-10 (8x8 and 32x32 images), the photo preset for everything else.
+AUTO_PRESET = {"digits": "small", "cifar10": "small"}
 DEFAULT_PRESET = "photos"
 
 

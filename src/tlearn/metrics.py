@@ -1,5 +1,5 @@
 """Classification metrics on a test split: loss, accuracy, top-k, per-class precision /
-recall / F1, the confusion matrix, and the worst mistakes."""
+recall / F1, the confusion matrix, the worst mistakes, and every model side by side."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 ZOOM = 0.9  # flip_crops: the centre 90% of the image, scaled back up
+#: The figures that compare models on one test split (as :func:`classification_report`).
+SUMMARY_KEYS = ("accuracy", "top_k_accuracy", "loss")
 
 
 def tta_views(images: np.ndarray, tta: str) -> list[np.ndarray]:
@@ -99,3 +101,26 @@ def headline(report: dict, head_training: dict, finetune_training: dict) -> dict
     figures["val_accuracy"] = finetune_training.get("val_accuracy")
     figures["head_val_accuracy"] = head_training.get("val_accuracy")
     return {key: value for key, value in figures.items() if value is not None}
+
+
+def comparison(baselines: dict, evaluate: dict) -> list[dict]:
+    """Every model on the same test split, best accuracy first: the classical classifiers
+    of ``reports/baselines.json`` (its ``classifiers``), then the Keras head and the
+    fine-tuned model from the evaluate report's figures."""
+    rows = [{"model": name, "route": "features + classical",
+             **{k: figures[k] for k in SUMMARY_KEYS}}
+            for name, figures in baselines["classifiers"].items()]
+    rows.append({"model": "keras_head", "route": "features + Keras head",
+                 **{k: evaluate[f"head_{k}"] for k in SUMMARY_KEYS}})
+    rows.append({"model": "fine_tuned", "route": "fine-tuned base + head",
+                 **{k: evaluate[k] for k in SUMMARY_KEYS}})
+    return sorted(rows, key=lambda row: -row["accuracy"])
+
+
+def markdown_table(rows: list[dict], k: int) -> str:
+    """:func:`comparison` as a Markdown table (the log's and the README's)."""
+    lines = [f"| model | route | test accuracy | top-{k} accuracy | loss |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['route']} | {r['accuracy']:.4f} | "
+              f"{r['top_k_accuracy']:.4f} | {r['loss']:.4f} |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -106,3 +106,29 @@ def training_curves(history: Sequence[dict], path: Path, phase_start: int | None
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
     save(fig, path)
+
+
+def regression(actual: np.ndarray, predictions: dict[str, np.ndarray], history: Sequence[dict],
+               target: str, path: Path) -> None:
+    """Predicted against actual on the test split, one colour per model, with the line a
+    perfect model would sit on; beside it the network's loss per epoch."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    low, high = float(np.min(actual)), float(np.max(actual))
+    for name, predicted in predictions.items():
+        left.scatter(actual, predicted, s=14, alpha=0.7, label=name)
+        low, high = min(low, float(np.min(predicted))), max(high, float(np.max(predicted)))
+    left.plot([low, high], [low, high], color="gray", ls="--", lw=1, label="predicted = actual")
+    left.set_xlabel(f"actual {target}")
+    left.set_ylabel(f"predicted {target}")
+    left.set_title("Test split: predicted vs actual")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    epochs = [row["epoch"] for row in history]
+    right.plot(epochs, [row["loss"] for row in history], label="training loss")
+    right.plot(epochs, [row["val_loss"] for row in history], label="validation loss")
+    right.set_xlabel("epoch")
+    right.set_ylabel("MSE (standardised target)")
+    right.set_title("Network training")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    save(fig, path)

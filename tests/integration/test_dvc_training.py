@@ -71,7 +71,8 @@ def stages_run(output: str) -> list[str]:
 
 def test_repro_builds_every_output_with_good_metrics(project):
     result = run([str(BIN / "dvc"), "repro"], project)
-    assert stages_run(result.stdout) == ["download", "prepare", "augment", "features", "tune",
+    assert stages_run(result.stdout) == ["download", "prepare", "augment", "features", "baselines",
+                                         "tune",
                                          "train_head", "finetune", "evaluate"]
     report = json.loads((project / "reports/evaluate.json").read_text())
     assert {"accuracy", "top_k_accuracy", "loss", "head_accuracy", "n_test",
@@ -79,6 +80,12 @@ def test_repro_builds_every_output_with_good_metrics(project):
     assert report["n_test"] == 6 and report["k"] == 3
     assert report["accuracy"] >= 0.88 and report["head_accuracy"] >= 0.88
     assert set(report["per_class"]) == set(COLOURS)
+    baselines = json.loads((project / "reports/baselines.json").read_text())
+    assert list(baselines["classifiers"]) == ["logistic_regression", "linear_svm",
+                                              "gradient_boosting"]
+    assert baselines["logistic_regression_accuracy"] >= 0.8  # plain colours: easy
+    assert {row["model"] for row in report["comparison"]} == {
+        *baselines["classifiers"], "keras_head", "fine_tuned"}
     for name in ("confusion_matrix.png", "training_curves.png", "misclassified.png"):
         assert (project / "reports" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     head_rows = (project / "reports/head_history.csv").read_text().splitlines()
@@ -167,7 +174,7 @@ def test_plain_repros_are_comparable_pipeline_runs_in_mlflow(project):
     pipelines = client.search_runs([exp_id], filter_string="tags.stage = 'pipeline'",
                                    order_by=["attributes.start_time ASC"])
     assert len(pipelines) == 3  # the first repro, the learning-rate change, this one
-    expected = [["augment", "download", "evaluate", "features", "finetune", "prepare",
+    expected = [["augment", "baselines", "download", "evaluate", "features", "finetune", "prepare",
                  "train_head", "tune"], ["evaluate", "finetune"],
                 ["evaluate", "finetune", "train_head", "tune"]]
     for pipeline, stages in zip(pipelines, expected):

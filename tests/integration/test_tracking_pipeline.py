@@ -39,8 +39,8 @@ BIN = Path(sys.executable).parent
 DVC, MLFLOW = BIN / "dvc", BIN / "mlflow"
 FILES = ("params.yaml", "dvc.yaml", "MLproject", "python_env.yaml", ".gitignore", "Makefile",
          "requirements.lock", "pyproject.toml")
-STAGES = ["download", "prepare", "augment", "features", "tune", "train_head", "finetune",
-          "evaluate"]
+STAGES = ["download", "prepare", "augment", "features", "baselines", "tune", "train_head",
+          "finetune", "evaluate"]
 TINY = {"prepare.image_size": 32, "augment.copies": 1, "head.epochs": 2, "tune.n_trials": 0,
         "finetune.epochs": 1, "finetune.unfreeze": 5}
 COLOURS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}

@@ -54,7 +54,7 @@ def test_given_splits_must_each_hold_every_class(tmp_path):
 
 
 def test_a_missing_source_and_good_sources(tmp_path):
-    with pytest.raises(DataError, match="is not 'digits', an http"):
+    with pytest.raises(DataError, match="is not 'digits', 'cifar10', an http"):
         preflight.check(make_config({"data.source": str(tmp_path / "nothing")}))
     preflight.check(make_config())  # digits
     preflight.check(make_config({"data.source": "https://example.org/photos.tgz"}))

@@ -2,6 +2,8 @@
 
 A source is one of:
 - ``digits``: scikit-learn's 1,797 handwritten digits, written as PNGs (no network);
+- ``cifar10``: the official CIFAR-10 tarball, downloaded, verified and converted to PNGs
+  with its train/test split (tlearn.data.cifar10);
 - an ``http(s)://`` URL of a zip/tar archive (resumable download, optional sha256);
 - a local archive (zip, tar, tar.gz, tgz);
 - a local folder laid out as ``<class>/<images>`` or ``<split>/<class>/<images>``.
@@ -28,6 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from tlearn.data import cifar10
 from tlearn.data.splits import SPLITS
 from tlearn.errors import DataError
 from tlearn.io import file_digest
@@ -48,8 +51,8 @@ class ExtractLimits:
 
 
 def source_kind(source: str) -> str:
-    if source == "digits":
-        return "digits"
+    if source in ("digits", "cifar10"):
+        return source
     if source.startswith(("http://", "https://")):
         return "url"
     path = Path(source)
@@ -57,7 +60,8 @@ def source_kind(source: str) -> str:
         return "folder"
     if path.is_file():
         return "archive"
-    raise DataError(f"data.source: {source!r} is not 'digits', an http(s) URL, an archive or a folder")
+    raise DataError(f"data.source: {source!r} is not 'digits', 'cifar10', an http(s) URL, "
+                    "an archive or a folder")
 
 
 def fetch(source: str, sha256: str | None, target: Path, download_dir: Path,
@@ -69,6 +73,8 @@ def fetch(source: str, sha256: str | None, target: Path, download_dir: Path,
         write_digits(target)
     elif kind == "folder":
         copy_folder(Path(source), target)
+    elif kind == "cifar10":
+        archive_sha = fetch_cifar10(target, download_dir, sha256)
     else:
         archive = download(source, download_dir, sha256) if kind == "url" else Path(source)
         archive_sha = file_digest(archive)
@@ -94,6 +100,19 @@ def write_digits(target: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.round(image * (255 / 16)).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(folder / f"digit_{i:04d}.png")
+
+
+def fetch_cifar10(target: Path, download_dir: Path, sha256: str | None) -> str:
+    """The official tarball, downloaded (resumable, verified against its published size
+    and checksum), as ``target/{train,test}/<class>/*.png``; returns its sha256."""
+    archive = cifar10.ARCHIVE
+    if sha256 and sha256.lower() != archive.sha256:
+        raise DataError(f"data.sha256: cifar10 is verified against its published sha256 "
+                        f"{archive.sha256}; leave data.sha256 null")
+    path = download(archive.url, download_dir, archive.sha256)
+    cifar10.check(path, archive)
+    cifar10.convert(path, target)
+    return archive.sha256
 
 
 # --- local folders ------------------------------------------------------------------

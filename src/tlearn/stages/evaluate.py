@@ -1,5 +1,6 @@
 """evaluate stage: the head model and the fine-tuned model on the test split ->
-reports/evaluate.json, the confusion matrix, the training curves and the worst mistakes."""
+reports/evaluate.json (with the comparison against the classical baselines), the
+confusion matrix, the training curves and the worst mistakes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from tlearn import paths
 from tlearn.config import Config
 from tlearn.stages import Stage
+from tlearn.stages.baselines import STAGE as BASELINES
 from tlearn.stages.finetune import STAGE as FINETUNE
 from tlearn.stages.train_head import STAGE as TRAIN_HEAD
 
@@ -18,7 +20,8 @@ STAGE = Stage(
     help="test-split metrics, confusion matrix, curves, worst mistakes",
     params=("evaluate", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.MODEL, paths.LABELS, paths.prepared_split("test"),
-          TRAIN_HEAD.report, TRAIN_HEAD.history, FINETUNE.report, FINETUNE.history),
+          TRAIN_HEAD.report, TRAIN_HEAD.history, FINETUNE.report, FINETUNE.history,
+          BASELINES.report),
     report=paths.REPORTS / "evaluate.json",
     metrics=(paths.REPORTS / "metrics.json",),
     plots=(paths.REPORTS / "predictions.csv", paths.REPORTS / "confusion_matrix.png",
@@ -50,6 +53,7 @@ def run(cfg: Config) -> dict:
                 test.labels, metrics.predict_probabilities(model, test.images.batches(),
                                                            cfg.evaluate.tta), labels)
     report = metrics.evaluation_report(reports, cfg.evaluate.tta)
+    report["comparison"] = metrics.comparison(read_json(BASELINES.report), report)
     write_json(REPORT, report)
     write_json(HEADLINE, metrics.headline(report, read_json(TRAIN_HEAD.report),
                                           read_json(FINETUNE.report)))
@@ -68,4 +72,6 @@ def run(cfg: Config) -> dict:
              f", with {cfg.evaluate.tta} TTA {report['tta_accuracy']:.4f}"
              if "tta_accuracy" in report else "", report["k"], report["top_k_accuracy"],
              report["loss"], report["n_test"])
+    log.info("evaluate: every model on the test split\n%s",
+             metrics.markdown_table(report["comparison"], report["k"]))
     return {k: v for k, v in report.items() if isinstance(v, (int, float))}

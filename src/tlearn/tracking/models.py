@@ -229,3 +229,35 @@ def log_project_model(model_file: Path) -> Any:
     example = SplitReader(paths.prepared_split("test")).images.read(0, 2)
     return log_model(model_file, model_file.stem, read_json(paths.LABELS),
                      read_json(paths.PREPROCESS)["resize_mode"], example)
+
+
+class KerasRegressor(mlflow.pyfunc.PythonModel):
+    """A table of the feature columns in, one prediction per row out (``tlearn regress``:
+    standard Keras layers only, so no tlearn code travels with it)."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        import keras
+
+        self.model = keras.saving.load_model(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):
+        return self.model.predict(np.asarray(model_input, dtype="float32"), verbose=0).reshape(-1)
+
+
+def log_regressor(model_file: Path, example) -> Any:
+    """Log ``tlearn regress``'s model to the active run, its signature inferred from
+    ``example`` (a few rows of the feature columns, also stored as the input example)."""
+    from mlflow.models import infer_signature
+
+    model = load_keras_file(model_file)
+    signature = infer_signature(example, model.predict(example.to_numpy("float32"),
+                                                       verbose=0).reshape(-1))
+    info = mlflow.pyfunc.log_model(
+        name=model_file.stem, python_model=KerasRegressor(),
+        artifacts={MODEL_ARTIFACT: str(model_file)}, signature=signature,
+        input_example=example, pip_requirements=_pip_requirements(),
+        tags={"tlearn.md5": file_digest(model_file, "md5"), "tlearn.file": model_file.as_posix()})
+    log.info("tracking: logged %s as %s", model_file, info.model_uri)
+    return info

@@ -1,0 +1,184 @@
+"""Classical classifiers on the cached features: the teaching material's first route
+(features of the pretrained base fed to logistic regression, an SVM, gradient boosting).
+
+Each classifier tries a few values of its main knob, keeps the one with the best
+validation accuracy (the first on ties: list the candidates simplest model first), and is
+scored on the test split with the report the Keras models get
+(:func:`tlearn.metrics.classification_report`), so its figures sit beside the head's and
+the fine-tuned model's (:func:`tlearn.metrics.comparison`). Arrays in, figures out; no
+file I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
+
+from tlearn.config import BaselinesParams
+from tlearn.features import FeatureSet
+from tlearn.metrics import SUMMARY_KEYS, classification_report
+
+log = logging.getLogger(__name__)
+
+Probabilities = Callable[[np.ndarray], np.ndarray]  # features (N, D) -> (N, classes)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A classifier's search: every candidate's validation accuracy, the chosen value,
+    the chosen model's probabilities for new rows, and the seconds the search took."""
+
+    knob: str
+    rows: list[dict]           # [{"value": v, "val_accuracy": a}, ...] in the order tried
+    value: float
+    predict_proba: Probabilities
+    seconds: float
+
+
+def _best(rows: list[dict]) -> int:
+    """The best validation accuracy; on ties the first (candidates go simplest first)."""
+    return max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
+
+
+def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(predicted == y))
+
+
+def _fit_each(name: str, knob: str, candidates: Sequence[float], make: Callable[[float], object],
+              train: FeatureSet, validation: FeatureSet) -> tuple[list[dict], object]:
+    """One model per candidate value, fitted on train and scored on validation; returns
+    the rows and the best model."""
+    rows, models = [], []
+    for value in candidates:
+        started = time.perf_counter()
+        model = make(value).fit(train.x, train.y)
+        rows.append({"value": value,
+                     "val_accuracy": _accuracy(model.predict(validation.x), validation.y)})
+        models.append(model)
+        log.info("baselines: %s %s=%g: val_accuracy %.4f (%.1f s)", name, knob, value,
+                 rows[-1]["val_accuracy"], time.perf_counter() - started)
+    return rows, models[_best(rows)]
+
+
+def logistic_regression(train: FeatureSet, validation: FeatureSet, params: BaselinesParams,
+                        seed: int) -> Search:
+    """Multinomial logistic regression on standardised features (the base's outputs differ
+    in scale by orders of magnitude); the knob is the inverse regularisation C."""
+    def make(c: float):
+        return make_pipeline(StandardScaler(),
+                             LogisticRegression(C=c, max_iter=params.max_iter, random_state=seed))
+
+    started = time.perf_counter()
+    rows, model = _fit_each("logistic_regression", "C", params.logistic_regression, make,
+                            train, validation)
+    return Search("C", rows, rows[_best(rows)]["value"], model.predict_proba,
+                  round(time.perf_counter() - started, 2))
+
+
+def linear_svm(train: FeatureSet, validation: FeatureSet, params: BaselinesParams,
+               seed: int) -> Search:
+    """A linear SVM (one-vs-rest, liblinear's dual solver: the fast one for a few thousand
+    rows) on standardised features; the knob is C. An SVM gives margins, not
+    probabilities: the test report's loss and top-k get softmax(margins / T), with the one
+    temperature T fitted on the validation split (the SVM's predictions stay as they are)."""
+    def make(c: float):
+        return make_pipeline(StandardScaler(), LinearSVC(C=c, dual=True, max_iter=params.max_iter,
+                                                         random_state=seed))
+
+    started = time.perf_counter()
+    rows, model = _fit_each("linear_svm", "C", params.linear_svm, make, train, validation)
+
+    def margins(x: np.ndarray) -> np.ndarray:
+        scores = model.decision_function(x)  # (N,) for two classes: the second one's margin
+        return np.column_stack([np.zeros_like(scores), scores]) if scores.ndim == 1 else scores
+
+    temperature = fit_temperature(margins(validation.x), validation.y)
+    return Search("C", rows, rows[_best(rows)]["value"],
+                  lambda x: softmax(margins(x) / temperature, axis=1),
+                  round(time.perf_counter() - started, 2))
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T for which softmax(scores / T) has the least log loss on ``y``."""
+    def log_loss(log_t: float) -> float:
+        return float(-log_softmax(scores / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
+
+    return float(np.exp(minimize_scalar(log_loss, bounds=(-7, 7), method="bounded").x))
+
+
+def gradient_boosting(train: FeatureSet, validation: FeatureSet, params: BaselinesParams,
+                      seed: int) -> Search:
+    """scikit-learn's histogram gradient boosting; the knob is the number of boosting
+    rounds, searched with one fit of the largest (staged predictions give every smaller
+    one). Kept affordable on 1280-d features: a stratified subsample of
+    ``boosting_max_train`` rows, ``boosting_features`` of the features per split, and one
+    thread (OpenMP threads spin-waiting on a busy 2-core machine made it 5x slower)."""
+    rounds = sorted(int(r) for r in params.gradient_boosting)
+    sample = subsample(train, params.boosting_max_train, seed)
+    model = HistGradientBoostingClassifier(
+        learning_rate=params.boosting_learning_rate, max_iter=rounds[-1],
+        max_leaf_nodes=params.boosting_leaves, max_features=params.boosting_features,
+        early_stopping=False, random_state=seed)
+    started = time.perf_counter()
+    with threadpool_limits(1):
+        model.fit(sample.x, sample.y)
+        staged = list(model.staged_predict(validation.x))
+    rows = [{"value": r, "val_accuracy": _accuracy(staged[r - 1], validation.y)} for r in rounds]
+    log.info("baselines: gradient_boosting rounds %s: val_accuracy %s (%.1f s, %d rows)", rounds,
+             [round(row["val_accuracy"], 4) for row in rows], time.perf_counter() - started,
+             len(sample))
+    chosen = rows[_best(rows)]["value"]
+
+    def predict_proba(x: np.ndarray) -> np.ndarray:
+        with threadpool_limits(1):
+            return list(model.staged_predict_proba(x))[chosen - 1]
+
+    return Search("max_iter", rows, chosen, predict_proba, round(time.perf_counter() - started, 2))
+
+
+#: name -> search, in the order they run and are reported.
+CLASSIFIERS: dict[str, Callable[[FeatureSet, FeatureSet, BaselinesParams, int], Search]] = {
+    "logistic_regression": logistic_regression,
+    "linear_svm": linear_svm,
+    "gradient_boosting": gradient_boosting,
+}
+
+
+def evaluate(search: Search, test: FeatureSet, labels: Sequence[str]) -> dict:
+    """The chosen model on the test split, with its search: the classifier's report."""
+    report = classification_report(test.y, search.predict_proba(test.x), labels)
+    return {"knob": search.knob, "value": search.value,
+            "val_accuracy": search.rows[_best(search.rows)]["val_accuracy"],
+            "seconds": search.seconds, "search": search.rows,
+            **{k: report[k] for k in SUMMARY_KEYS}}
+
+
+def subsample(train: FeatureSet, limit: int, seed: int) -> FeatureSet:
+    """At most ``limit`` rows, each class keeping its share (stratified, seeded)."""
+    if len(train) <= limit:
+        return train
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(train.y):
+        members = np.flatnonzero(train.y == label)
+        share = max(1, round(limit * len(members) / len(train)))
+        keep.append(rng.choice(members, size=min(share, len(members)), replace=False))
+    chosen = np.sort(np.concatenate(keep))
+    return FeatureSet(train.x[chosen], train.y[chosen])
+
+
+def flat(features: FeatureSet) -> FeatureSet:
+    """(N, D) rows: a flatten head's feature maps become vectors."""
+    return FeatureSet(features.x.reshape(len(features), -1), features.y)

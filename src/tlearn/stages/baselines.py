@@ -1,0 +1,55 @@
+"""baselines stage: logistic regression, a linear SVM and gradient boosting on the cached
+features (train + augmented copies to fit, validation to choose each one's knob, test to
+score) -> reports/baselines.json. Each classifier is a run of its own nested under the
+stage's run, with the test metrics under the names evaluate uses (``test/accuracy``)."""
+
+from __future__ import annotations
+
+import logging
+
+from tlearn import paths
+from tlearn.config import Config
+from tlearn.stages import UNTRACKED, Stage, Tracker
+
+log = logging.getLogger(__name__)
+
+STAGE = Stage(
+    name="baselines",
+    help="classical classifiers on the cached features (the knob of each chosen on validation)",
+    params=("base.seed", "baselines"),
+    deps=(paths.FEATURES, paths.PREPARED_LABELS),
+    report=paths.REPORTS / "baselines.json",
+    datasets=("train", "validation", "test"),
+    # test/logistic_regression_accuracy ... beside evaluate's test/accuracy and
+    # test/head_accuracy in the pipeline run
+    metric_prefix="test",
+)
+
+
+def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
+    from tlearn import baselines, features
+    from tlearn.io import read_json, write_json
+    from tlearn.metrics import SUMMARY_KEYS
+
+    labels = read_json(paths.PREPARED_LABELS)
+    train = baselines.flat(features.load_training())
+    validation, test = (baselines.flat(features.load(s)) for s in ("validation", "test"))
+    results = {}
+    for name, search in baselines.CLASSIFIERS.items():
+        found = search(train, validation, cfg.baselines, cfg.base.seed)
+        results[name] = report = baselines.evaluate(found, test, labels)
+        child = tracker.child(name, {"classifier": name, found.knob: found.value,
+                                     "candidates": [row["value"] for row in found.rows],
+                                     "base.seed": cfg.base.seed})
+        for step, row in enumerate(found.rows):  # step: the candidate's place in the search
+            child.log({"search/val_accuracy": row["val_accuracy"]}, step=step)
+        child.log({**{f"test/{k}": report[k] for k in SUMMARY_KEYS},
+                   "val_accuracy": report["val_accuracy"], "seconds": report["seconds"]})
+        child.end()
+    metrics = {f"{name}_{key}": results[name][key]
+               for name in results for key in SUMMARY_KEYS}
+    write_json(STAGE.report, {**metrics, "classifiers": results, "split_sizes": {
+        "train": len(train), "validation": len(validation), "test": len(test)}})
+    log.info("baselines: test accuracy %s", ", ".join(
+        f"{name} {results[name]['accuracy']:.4f}" for name in results))
+    return metrics
