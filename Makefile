@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Never pick up a parent run by accident (see tlearn.tracking).
 unexport MLFLOW_RUN_ID
 
-.PHONY: run test test-slow bench bench-race ui tune-ui serve postgres plots-template clean help
+.PHONY: run test test-slow bench bench-race ui tune-ui serve plots-template clean help
 
 help:
 	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
@@ -31,10 +31,10 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/tlearn run $(ARGS)
 
-# Debian's chromium renders the DVC plots page in a test, PostgreSQL serves the tuning
-# workers in another (installed once, when root).
-test: $(STAMP) postgres
-	bash tools/install_chromium.sh
+# Debian packages some tests need (chromium, postgresql, Qt's libraries), installed once
+# when missing (as root).
+test: $(STAMP)
+	bash tools/install_test_packages.sh
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
@@ -80,13 +80,6 @@ tune-ui: $(STAMP)
 	echo "optuna-dashboard: http://127.0.0.1:$(TUNE_UI_PORT)"; \
 	exec $(BIN)/optuna-dashboard --host 127.0.0.1 --port $(TUNE_UI_PORT) "$$storage"
 
-# A test runs tuning workers on a private PostgreSQL cluster (initdb, pg_ctl from Debian's
-# postgresql package): as root, install the package when it is missing.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -q && \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
-		else echo "postgresql is not installed (not root): its test is skipped"; fi; }
 
 clean:
 	rm -rf data models reports/*.png .pytest_cache

@@ -21,7 +21,7 @@ from conftest import REPO
 
 BIN = Path(sys.executable).parent
 DVC = BIN / "dvc"
-INSTALLER = "tools/install_chromium.sh"
+INSTALLER = "tools/install_test_packages.sh"
 # The flags every headless Chromium in the tests gets; name lookups all fail, so a page
 # that needed the network would stay blank.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
