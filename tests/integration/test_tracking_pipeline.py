@@ -243,8 +243,14 @@ def test_two_pipeline_runs_on_a_tracking_server(server, source, tmp_path):
         inputs = {d.dataset.name.split("/")[-1]: d.dataset.digest for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"train", "validation", "test"}
         assert inputs["test"] == split_digest(project / "data/prepared/test")[:16]
-    # same head/* names in both runs: the compare view lines them up
-    assert set(pipelines[0].data.metrics) == set(pipelines[1].data.metrics)
+    # same figures in both runs, so the compare view lines them up; timings only from the
+    # stages that ran (the second run skipped download to features)
+    def figures(run) -> set[str]:
+        return {k for k in run.data.metrics if not k.endswith(("seconds", "per_second"))}
+
+    assert figures(pipelines[0]) == figures(pipelines[1])
+    assert "prepare.seconds" in pipelines[0].data.metrics
+    assert "prepare.seconds" not in pipelines[1].data.metrics
 
     # Nested stage runs: every stage the first time, only what the dropout touches the second.
     first, second = (children(client, run.info.run_id) for run in pipelines)
@@ -395,7 +401,7 @@ def test_a_failing_stage_fails_the_parent_with_dvcs_exit_code(source, tmp_path):
     missing.write_bytes(b"not a zip archive")
     proc = subprocess.run([str(BIN / "tlearn"), "run", "-S", f"data.source={missing}"],
                           cwd=project, env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode not in (0, 2, 3), proc.stderr  # DVC's own code: the stage failed
+    assert proc.returncode == 2, proc.stderr  # the stage's own code (bad data), passed on
     assert "data.source: " in proc.stderr and str(missing) in proc.stderr
     assert "compare runs" not in proc.stderr
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
