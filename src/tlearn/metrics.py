@@ -93,13 +93,17 @@ def evaluation_report(reports: dict[str, dict], tta: str) -> dict:
 HEADLINE = ("accuracy", "loss", "top_k_accuracy", "head_accuracy", "tta_accuracy")
 
 
-def headline(report: dict, head_training: dict, finetune_training: dict) -> dict:
+def headline(report: dict, head_training: dict, finetune_training: dict,
+             tuning: dict | None = None) -> dict:
     """The pipeline's headline figures (reports/metrics.json): test accuracy, loss, top-k,
-    the head's test accuracy, the TTA accuracy, and the best validation accuracy of each
-    phase."""
+    the head's test accuracy, the TTA accuracy, the best validation accuracy of each
+    phase, and the tuned head's best value (``tune_best_val_accuracy`` or ``..._val_loss``)
+    when tuning ran."""
     figures = {key: report[key] for key in HEADLINE if key in report}
     figures["val_accuracy"] = finetune_training.get("val_accuracy")
     figures["head_val_accuracy"] = head_training.get("val_accuracy")
+    if tuning and tuning.get("best_value") is not None:
+        figures[f"tune_best_{tuning['metric']}"] = tuning["best_value"]
     return {key: value for key, value in figures.items() if value is not None}
 
 

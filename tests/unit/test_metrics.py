@@ -69,3 +69,7 @@ def test_evaluation_report_and_the_headline():
                         "top_k_accuracy": 1.0, "head_accuracy": pytest.approx(2 / 3),
                         "tta_accuracy": pytest.approx(2 / 3), "val_accuracy": 0.9,
                         "head_val_accuracy": 0.8}
+    tuned = metrics.headline(report, {}, {}, {"metric": "val_loss", "best_value": 0.05})
+    assert tuned["tune_best_val_loss"] == 0.05  # when tuning ran; n_trials 0: best_value null
+    assert "tune_best_val_loss" not in metrics.headline(report, {}, {}, {"metric": "val_loss",
+                                                                       "best_value": None})

@@ -12,6 +12,7 @@ from tlearn.stages import Stage
 from tlearn.stages.baselines import STAGE as BASELINES
 from tlearn.stages.finetune import STAGE as FINETUNE
 from tlearn.stages.train_head import STAGE as TRAIN_HEAD
+from tlearn.stages.tune import STAGE as TUNE
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ STAGE = Stage(
     params=("evaluate", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.MODEL, paths.LABELS, paths.prepared_split("test"),
           TRAIN_HEAD.report, TRAIN_HEAD.history, FINETUNE.report, FINETUNE.history,
-          BASELINES.report),
+          BASELINES.report, TUNE.report),
     report=paths.REPORTS / "evaluate.json",
     metrics=(paths.REPORTS / "metrics.json",),
     plots=(paths.REPORTS / "predictions.csv", paths.REPORTS / "confusion_matrix.png",
@@ -56,7 +57,7 @@ def run(cfg: Config) -> dict:
     report["comparison"] = metrics.comparison(read_json(BASELINES.report), report)
     write_json(REPORT, report)
     write_json(HEADLINE, metrics.headline(report, read_json(TRAIN_HEAD.report),
-                                          read_json(FINETUNE.report)))
+                                          read_json(FINETUNE.report), read_json(TUNE.report)))
 
     predicted = probs["model"].argmax(axis=1)
     write_csv(PREDICTIONS, [{"file": f, "actual": labels[t], "predicted": labels[p]}
