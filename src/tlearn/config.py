@@ -192,7 +192,7 @@ class TuneParams:
 
 @dataclass(frozen=True)
 class Config:
-    preset: str  # the preset that filled in the keys params.yaml's groups leave out
+    preset: str  # the preset that filled in the keys whose value is `preset`
     base: BaseParams
     data: DataParams
     prepare: PrepareParams
@@ -265,12 +265,14 @@ def from_dict(raw: dict[str, Any], source: str = "params.yaml") -> Config:
 #: ``preset: auto`` picks by data.source: the small-image preset for the embedded digits and
 #: CIFAR-10 (8x8 and 32x32 images), the photo preset for everything else.
 AUTO_PRESET = {"digits": "small", "cifar10": "small"}
+FROM_PRESET = "preset"  # a params.yaml value: take it from the chosen preset
 DEFAULT_PRESET = "photos"
 
 
 def apply_preset(raw: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    """Fill each key of the chosen ``presets`` entry that the groups do not set (a key set
-    in its group, or with ``-S``, wins); ``preset`` becomes the chosen name."""
+    """Replace each value ``preset`` in the groups by the chosen ``presets`` entry's value
+    (a value written in its group, or set with ``-S``, wins); ``preset`` becomes the
+    chosen name. The keys stay in params.yaml, so ``dvc exp run -S`` can set them."""
     if not isinstance(raw, dict):
         return raw  # reported as "top level must be a mapping"
     raw = copy.deepcopy(raw)
@@ -285,20 +287,38 @@ def apply_preset(raw: dict[str, Any], source: str = "params.yaml") -> dict[str, 
     if name not in presets:
         raise ConfigError(f"{source}: preset must be auto or one of {', '.join(presets)} "
                           f"(got {name!r})")
-    _fill(raw, presets[name] or {})
+    for preset, values in presets.items():  # a typo in any preset, not only the chosen
+        for key in _unknown(raw, values or {}):
+            raise ConfigError(f"{source}: presets.{preset}.{key} is not a key of the groups")
+    for key in _fill(raw, presets[name] or {}):
+        raise ConfigError(f"{source}: {key} is 'preset' but preset {name} has no value for it")
     raw["preset"] = name
     return raw
 
 
-def _fill(target: dict, defaults: dict) -> None:
-    """Copy into ``target`` every value of ``defaults`` it lacks, into the mappings it has
-    (a missing group stays missing, and is reported so)."""
-    for key, value in defaults.items():
+def _unknown(target: dict, values: dict, prefix: str = "") -> list[str]:
+    """The keys of ``values`` that ``target`` does not have (a whole missing group is
+    left to the "is missing" message)."""
+    return [key for name, value in values.items() for key in (
+        ([prefix + name] if prefix else []) if name not in target else
+        _unknown(target[name], value, f"{prefix}{name}.")
+        if isinstance(value, dict) and isinstance(target[name], dict) else [])]
+
+
+def _fill(target: dict, values: dict, prefix: str = "") -> list[str]:
+    """Put each of ``values`` where ``target`` says ``preset``; return the keys still saying
+    ``preset`` (the preset has no value for them)."""
+    left = []
+    for key, value in target.items():
         if isinstance(value, dict):
-            if isinstance(target.get(key), dict):
-                _fill(target[key], value)
-        elif key not in target:
-            target[key] = copy.deepcopy(value)
+            group = values.get(key)
+            left += _fill(value, group if isinstance(group, dict) else {}, f"{prefix}{key}.")
+        elif value == FROM_PRESET:
+            if key in values:
+                target[key] = copy.deepcopy(values[key])
+            else:
+                left.append(prefix + key)
+    return left
 
 
 def to_flat_dict(cfg: Config) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_repo_params_load_every_key_unchanged():
         cfg.prepare.image_size = 1  # type: ignore[misc]
 
 
-def test_presets_fill_what_the_groups_leave_out():
+def test_presets_fill_the_keys_that_say_preset():
     photos = config.load(PARAMS, overrides={"data.source": "/my/photos"})
     assert photos.preset == "photos"  # auto: anything but the embedded digits
     assert (photos.prepare.image_size, photos.augment.horizontal_flip, photos.evaluate.tta) == (
@@ -57,8 +57,10 @@ def test_presets_fill_what_the_groups_leave_out():
     assert (mine.preset, mine.prepare.image_size, mine.finetune.unfreeze) == ("photos", 160, 49)
     assert _error(PARAMS, {"preset": "huge"}) == \
         "params.yaml: preset must be auto or one of photos, small (got 'huge')"
-    assert _error(PARAMS, {"presets.small.prepare.imge_size": 9}).startswith(
-        "params.yaml: prepare.imge_size is not a known key")
+    assert _error(PARAMS, {"presets.small.prepare.imge_size": 9}) == \
+        "params.yaml: presets.small.prepare.imge_size is not a key of the groups"
+    assert _error(PARAMS, {"prepare.resize_mode": "preset"}) == \
+        "params.yaml: prepare.resize_mode is 'preset' but preset small has no value for it"
 
 
 def test_overrides_apply_and_are_typed():

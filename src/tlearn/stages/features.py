@@ -19,9 +19,8 @@ SOURCES = {"train": paths.prepared_split("train"), "augmented": paths.AUGMENTED_
 STAGE = Stage(
     name="features",
     help="run the frozen base once over every split and cache the outputs",
-    # The whole prepare group: prepare.image_size may come from the preset (DVC needs
-    # every key it is given to be in params.yaml).
-    params=("base.seed", "prepare", "model", "features", "head.pooling", "preset", "presets"),
+    params=("base.seed", "prepare.image_size", "model", "features", "head.pooling", "preset",
+            "presets"),
     deps=(paths.PREPARED, paths.AUGMENTED),
     outs=(paths.FEATURES,),
     report=paths.REPORTS / "features.json",

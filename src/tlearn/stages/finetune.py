@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 STAGE = Stage(
     name="finetune",
     help="unfreeze the top of the base and retrain -> models/model.keras",
-    # The whole augment group: augment.horizontal_flip may come from the preset (DVC needs
-    # every key it is given to be in params.yaml).
-    params=("base.seed", "augment", "head.optimizer", "head.momentum", "head.label_smoothing",
-            "head.class_weight", "finetune", "preset", "presets"),
+    params=("base.seed", "augment.rotation", "augment.translation", "augment.zoom",
+            "augment.contrast", "augment.horizontal_flip", "augment.vertical_flip",
+            "head.optimizer", "head.momentum", "head.label_smoothing", "head.class_weight",
+            "finetune", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.prepared_split("train"), paths.prepared_split("validation"),
           TRAIN_HEAD.history),
     outs=(paths.MODEL,),
