@@ -31,6 +31,15 @@ def scratch_project(overrides: dict[str, object], dvc: bool = False) -> Path:
         shutil.copy2(REPO / name, root / name)
     shutil.copytree(REPO / "src" / "tlearn", root / "src" / "tlearn",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    set_params(root, overrides)
+    if dvc:
+        for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
+            subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return root
+
+
+def set_params(root: Path, overrides: dict[str, object]) -> None:
+    """Set ``{"group.key": value}`` in the project's params.yaml."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     for dotted, value in overrides.items():
         *groups, key = dotted.split(".")
@@ -39,10 +48,6 @@ def scratch_project(overrides: dict[str, object], dvc: bool = False) -> Path:
             node = node.setdefault(group, {})
         node[key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if dvc:
-        for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
-            subprocess.run(cmd, cwd=root, check=True, capture_output=True)
-    return root
 
 
 def environment() -> dict[str, str]:

@@ -19,52 +19,29 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 from tlearn import paths
+from tlearn.bench.common import (BIN, CATS_AND_DOGS, environment, save, scratch_project,
+                                 set_params)
 from tlearn.io import read_json
 
-REPO = Path(__file__).resolve().parents[3]
-CATS_AND_DOGS = REPO.parent / "shared" / "datasets" / "cats_and_dogs"
 #: The README's cats-vs-dogs overrides (the features stage reads the first two).
 CATS_AND_DOGS_PARAMS = {"data.source": str(CATS_AND_DOGS), "prepare.image_size": 160,
                         "augment.horizontal_flip": True, "augment.rotation": 0.05}
 BASE_EPOCHS = 2
 
 
-def scratch_project(params: dict) -> Path:
-    """A DVC project (no git) with this repo's code and params.yaml plus ``params``."""
-    root = Path(tempfile.mkdtemp(prefix="tlearn-bench-tune-"))
-    shutil.copy2(REPO / "dvc.yaml", root / "dvc.yaml")
-    shutil.copytree(REPO / "src" / "tlearn", root / "src" / "tlearn",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    set_params(root, params)
-    dvc(root, "init", "--no-scm", "-q")
-    return root
-
-
-def set_params(root: Path, params: dict) -> None:
-    source = root / "params.yaml" if (root / "params.yaml").exists() else REPO / "params.yaml"
-    raw = yaml.safe_load(source.read_text())
-    for dotted, value in params.items():
-        group, key = dotted.split(".")
-        raw[group][key] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
 def dvc(root: Path, *args: str) -> float:
-    """Run ``dvc args`` in the project; returns its wall time in seconds."""
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TLEARN_"))}
-    env |= {"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(root / "src"),
-            "TF_CPP_MIN_LOG_LEVEL": "3"}
+    """Run ``dvc args`` in the project, tracked to its own mlflow.db (logging the trials is
+    part of a trial's cost); returns its wall time in seconds."""
+    env = environment()
+    del env["TLEARN_TRACKING_OFF"]
     started = time.perf_counter()
-    subprocess.run([str(bin_dir / "dvc"), *args], cwd=root, env=env, check=True,
+    subprocess.run([str(BIN / "dvc"), *args], cwd=root, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
 
@@ -147,7 +124,7 @@ def study(root: Path, n_trials: int) -> dict:
 
 
 def bench_cats_and_dogs() -> dict:
-    root = scratch_project(CATS_AND_DOGS_PARAMS | {"tune.n_trials": 0})
+    root = scratch_project(CATS_AND_DOGS_PARAMS | {"tune.n_trials": 0}, dvc=True)
     try:
         features_seconds = dvc(root, "repro", "tune")  # download .. features, no trials
         thirty = study(root, 30)
@@ -168,7 +145,7 @@ def bench_cats_and_dogs() -> dict:
 
 
 def bench_digits() -> dict:
-    root = scratch_project({"tune.n_trials": 0})
+    root = scratch_project({"tune.n_trials": 0}, dvc=True)
     try:
         dvc(root, "repro", "tune")
         fifty = study(root, 50)
@@ -183,6 +160,7 @@ def main() -> dict:
     if CATS_AND_DOGS.is_dir():
         figures["cats_and_dogs"] = bench_cats_and_dogs()
     print_table(figures)
+    save("tune", figures)
     return figures
 
 
