@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, image_folder
 from tlearn import config, paths, stages
 from tlearn.cli import main
-from tlearn.tracking import runs, store
+from tlearn.tracking import records, runs, store
 
 pytestmark = pytest.mark.usefixtures("clean_tracking_env")
 
@@ -29,21 +29,21 @@ def test_metric_names_are_stable_and_prefixed():
 
 def test_numeric_items_keep_only_finite_numbers():
     values = {"a": 1, "b": 0.5, "c": True, "d": "x", "e": [1], "f": {"g": 1}, "h": float("nan")}
-    assert runs.numeric_items(values) == {"a": 1.0, "b": 0.5}
+    assert records.numeric_items(values) == {"a": 1.0, "b": 0.5}
 
 
 def test_param_values_read_like_params_yaml():
-    assert runs.param_value([256, 128]) == "[256, 128]"
-    assert runs.param_value(0.3) == "0.3"
-    assert runs.param_value(None) == "None"
-    assert runs.param_value("crop") == "crop"
+    assert records.param_value([256, 128]) == "[256, 128]"
+    assert records.param_value(0.3) == "0.3"
+    assert records.param_value(None) == "None"
+    assert records.param_value("crop") == "crop"
 
 
 def test_history_metrics_keep_the_global_epoch_as_step():
     head = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 0.9, "val_accuracy": 0.6},
             {"epoch": 2, "loss": 0.8, "accuracy": 0.7, "val_loss": 0.7, "val_accuracy": 0.8}]
     fine = [{"epoch": 3, "loss": 0.5, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.95}]
-    rows = runs.history_metrics("head", head) + runs.history_metrics("finetune", fine)
+    rows = records.history_metrics("head", head) + records.history_metrics("finetune", fine)
     assert ("head/val_accuracy", 0.6, 1) in rows and ("head/val_accuracy", 0.8, 2) in rows
     assert ("finetune/val_accuracy", 0.95, 3) in rows
     assert {name for name, _, _ in rows} == {f"{p}/{m}" for p in ("head", "finetune")
@@ -55,15 +55,15 @@ def test_history_metrics_keep_the_global_epoch_as_step():
 def test_stage_params_are_the_keys_the_stage_declares():
     cfg = config.load(REPO / "params.yaml")
     flat = config.to_flat_dict(cfg)
-    finetune = runs.stage_params(cfg, stages.get("finetune"))
+    finetune = records.stage_params(cfg, stages.get("finetune"))
     assert {"finetune.learning_rate", "finetune.unfreeze", "augment.rotation",
             "augment.horizontal_flip", "head.optimizer", "base.seed", "preset"} <= set(finetune)
     assert "head.dropout" not in finetune and "head.units" not in finetune
-    assert set(runs.stage_params(cfg, stages.get("train_head"))) == \
+    assert set(records.stage_params(cfg, stages.get("train_head"))) == \
         {"base.seed"} | {k for k in flat if k.startswith("head.")}
-    assert set(runs.stage_params(cfg, stages.get("evaluate"))) == {
+    assert set(records.stage_params(cfg, stages.get("evaluate"))) == {
         "evaluate.misclassified", "evaluate.tta", "preset"}  # the values used, preset's too
-    assert "prepare.split.validation" in runs.stage_params(cfg, stages.get("prepare"))
+    assert "prepare.split.validation" in records.stage_params(cfg, stages.get("prepare"))
 
 
 # --- stage runs -------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_report_metrics_read_every_declared_json_report(project):
     (paths.REPORTS / "evaluate.json").write_text(json.dumps({"accuracy": 0.9, "k": 5,
                                                              "per_class": {}}))
     (paths.REPORTS / "finetune.json").write_text("not json")
-    assert runs.report_metrics(stages.all_stages().values()) == {"test/accuracy": 0.9,
+    assert records.report_metrics(stages.all_stages().values()) == {"test/accuracy": 0.9,
                                                                  "test/k": 5.0}
     assert os.environ.get(store.ENV_INVOCATION) is None
 

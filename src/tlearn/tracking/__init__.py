@@ -3,6 +3,8 @@
 - :mod:`~tlearn.tracking.store`: where the store is (read once from the environment into
   ``Settings``), connecting, and the failure policy;
 - :mod:`~tlearn.tracking.provenance`: git state, data hashes, DVC's hashes, datasets;
+- :mod:`~tlearn.tracking.records`: what a run records (params, metrics in batches, files,
+  datasets);
 - :mod:`~tlearn.tracking.runs`: stage runs grouped under one pipeline run per execution;
 - :mod:`~tlearn.tracking.models`: logging and loading tlearn's Keras models;
 - :mod:`~tlearn.tracking.registry`: the ``challenger`` and ``champion`` aliases.

@@ -13,7 +13,8 @@ from typing import Any
 
 from tlearn.stages import Untracked
 from tlearn.tracking import provenance
-from tlearn.tracking.runs import history_metrics, log_files, log_metrics, log_params, numeric_items
+from tlearn.tracking.records import (history_metrics, log_files, log_metrics, log_params,
+                                     numeric_items)
 from tlearn.tracking.store import Settings, Store, connect, one_line
 
 log = logging.getLogger(__name__)
