@@ -51,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, stage in stages.all_stages().items():
         p = sub.add_parser(name, help=f"stage: {stage.help}", description=stage.help)
-        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-        p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a params key for this run, e.g. -S head.dropout=0.2")
+        _add_params_options(p, "head.dropout=0.2")
         for option in stage.options:
             p.add_argument(f"--{option.name}", type=int, default=option.default,
                            help=f"{option.help} (default: %(default)s)")
@@ -76,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("promote", help="move the registry alias champion to the challenger if "
                                        "it beats the champion by tracking.promote_margin")
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a params key, e.g. -S tracking.promote_margin=0.01")
+    _add_params_options(p, "tracking.promote_margin=0.01")
     p.set_defaults(handler=_promote)
 
     p = sub.add_parser("backbones", help="list every backbone: size, input size, weights, offline")
@@ -107,11 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("regress", help="Keras regression (Dense 16-8-1) on a table beside a "
                                        "linear regression: regress.source, regress.target")
-    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a params key, e.g. -S regress.source=housing.csv")
+    _add_params_options(p, "regress.source=housing.csv")
     p.set_defaults(handler=_regress)
     return parser
+
+
+def _add_params_options(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file (default: %(default)s)")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a params key for this run, e.g. -S {example}")
 
 
 def _run_stage(args: argparse.Namespace) -> int:

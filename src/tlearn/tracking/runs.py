@@ -26,7 +26,7 @@ from tlearn.tracking import provenance
 from tlearn.tracking.records import (log_datasets, log_files, log_metrics, log_params,
                                      log_stage_outputs, numeric_items, report_metrics,
                                      stage_params)
-from tlearn.tracking.store import Settings, Store, connect, one_line
+from tlearn.tracking.store import Settings, Store, connect, one_line, tracked
 
 log = logging.getLogger(__name__)
 PIPELINE = "pipeline"                 # the ``stage`` tag of pipeline runs
@@ -313,17 +313,5 @@ def stage_run(stage: Stage, cfg: Config, settings: Settings,
     ``cfg`` is what the stage ran with (its params files included); ``pipeline_cfg``,
     params.yaml's, goes to the pipeline run (default: ``cfg``)."""
     store = connect(settings, cfg.tracking.experiment, cfg.tracking.required)
-    run = None
-    if store is not None:
-        with store.guarded():
-            run = StageRun(store, stage, cfg, pipeline_cfg or cfg)
-    if run is None:
-        yield _NoRun()
-        return
-    try:
+    with tracked(store, lambda s: StageRun(s, stage, cfg, pipeline_cfg or cfg), _NoRun()) as run:
         yield run
-    except BaseException as exc:
-        run.end(exc)
-        raise
-    with store.guarded():
-        run.end()

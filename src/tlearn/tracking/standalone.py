@@ -15,7 +15,7 @@ from tlearn.stages import Untracked
 from tlearn.tracking import provenance
 from tlearn.tracking.records import (history_metrics, log_files, log_metrics, log_params,
                                      numeric_items)
-from tlearn.tracking.store import Settings, Store, connect, one_line
+from tlearn.tracking.store import Settings, Store, connect, one_line, tracked
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,5 @@ def command_run(settings: Settings, experiment: str, required: bool, name: str,
     """Track one command: connect first (a dead server fails before any work), yield the
     run for ``run.finish(...)``, end it FINISHED, FAILED or KILLED."""
     store = connect(settings, experiment, required)
-    run = None
-    if store is not None:
-        with store.guarded():
-            run = CommandRun(store, name, params, tags)
-    if run is None:
-        yield _NoRun()
-        return
-    try:
+    with tracked(store, lambda s: CommandRun(s, name, params, tags), _NoRun()) as run:
         yield run
-    except BaseException as exc:
-        run.end(exc)
-        raise
-    with store.guarded():
-        run.end()

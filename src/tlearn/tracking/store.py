@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,27 @@ def connect(settings: Settings, experiment: str, required: bool = True) -> Store
             raise
         log.warning("%s; going on without tracking (tracking.required: false)", exc)
         return None
+
+
+@contextlib.contextmanager
+def tracked(store: Store | None, start: Callable[[Store], Any], untracked: Any) -> Iterator[Any]:
+    """A run's life: started by ``start(store)`` before any work (a dead server fails
+    first), yielded, then ended FINISHED, or FAILED/KILLED with the error (``run.end(exc)``).
+    Yields ``untracked`` when tracking is off or the store failed and is not required."""
+    run = None
+    if store is not None:
+        with store.guarded():
+            run = start(store)
+    if run is None:
+        yield untracked
+        return
+    try:
+        yield run
+    except BaseException as exc:
+        run.end(exc)
+        raise
+    with store.guarded():
+        run.end()
 
 
 def _connect(settings: Settings, experiment: str, required: bool) -> Store:
