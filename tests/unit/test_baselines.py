@@ -166,6 +166,7 @@ def test_stage_reports_every_classifier_and_logs_one_child_run_each(feature_file
         logged = {k: v for k, v, _ in child["metrics"]}
         assert logged["test/accuracy"] == figures["accuracy"]
         assert logged["test/loss"] == figures["loss"]
+        assert logged["seconds"] > 0 and "seconds" not in figures  # MLflow only
         steps = [(s, v) for k, v, s in child["metrics"] if k == "search/val_accuracy"]
         assert steps == [(i, r["val_accuracy"]) for i, r in enumerate(figures["search"])]
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRIALS_CSV = paths.REPORTS / "tune_trials.csv"
+TIMINGS = ("seconds", "trials_per_minute")
 FIGURES = {"history": paths.REPORTS / "tune_history.png",
            "importances": paths.REPORTS / "tune_importances.png",
            "slices": paths.REPORTS / "tune_slices.png"}
@@ -139,7 +140,8 @@ def _write(cfg: Config, head: HeadParams, study: optuna.Study | None, numbers: d
               "best_params": {}, "n_trials": cfg.tune.n_trials, "complete": 0, "pruned": 0,
               "failed": 0, "trials_per_minute": 0.0,
               "study": study.study_name if study else None} | numbers
-    write_json(STAGE.report, report)
+    # Timings go to MLflow (the returned figures), not to the report DVC tracks.
+    write_json(STAGE.report, {k: v for k, v in report.items() if k not in TIMINGS})
     _write_trials(study)
     _draw(study)
     return {k: v for k, v in report.items() if k != "best_params"}
