@@ -76,16 +76,52 @@ def test_folder_per_class(tmp_path):
     made = image_folder(src, {"cat": 4, "dog": 3, "emu": 2})
     (src / "cat" / ".DS_Store").write_bytes(b"junk")
     (src / "dog" / "Thumbs.db").write_bytes(b"junk")
-    (src / "emu" / "link.png").symlink_to(made["cat"][0])  # links are never followed
     manifest, raw = fetch(tmp_path, src)
     assert manifest["kind"] == "folder" and manifest["sha256"] is None
     assert manifest["splits"] is None
     assert manifest["classes"] == ["cat", "dog", "emu"]
     assert manifest["counts"] == {"cat": 4, "dog": 3, "emu": 2}
     assert manifest["n_files"] == 9
+    assert (manifest["linked"], manifest["copied"], manifest["skipped"]) == (9, 0, {"hidden": 2})
     copied = files_under(raw)
     assert set(copied) == {p.relative_to(src).as_posix() for ps in made.values() for p in ps}
     assert copied["cat/cat_000.png"] == made["cat"][0].read_bytes()
+    # hard links: data/raw takes no second copy of the user's images
+    assert (raw / "cat/cat_000.png").stat().st_ino == made["cat"][0].stat().st_ino
+
+
+def test_a_folder_of_symlinks_is_followed_to_its_files(tmp_path):
+    """Splits laid out as links (as people and DVC's checkout do): each link to a regular
+    file is taken; a broken link and a link to a folder are skipped and counted."""
+    store = tmp_path / "store"
+    made = image_folder(store, {"cat": 3, "dog": 2})
+    links = tmp_path / "links"
+    for label, files in made.items():
+        (links / "train" / label).mkdir(parents=True)
+        for f in files:
+            (links / "train" / label / f.name).symlink_to(f)
+    (links / "train" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (links / "train" / "loop").symlink_to(links, target_is_directory=True)
+    manifest, raw = fetch(tmp_path, links)
+    assert manifest["counts"] == {"train": {"cat": 3, "dog": 2}}
+    assert manifest["skipped"] == {"broken link": 1, "link to a folder": 1}
+    assert (raw / "train/cat/cat_000.png").read_bytes() == made["cat"][0].read_bytes()
+    assert not (raw / "train/cat/cat_000.png").is_symlink()
+
+
+def test_a_folders_fingerprint_changes_with_any_image(tmp_path):
+    from tlearn.data import folders
+
+    src = tmp_path / "src"
+    made = image_folder(src, {"cat": 2, "dog": 2})
+    first = folders.fingerprint(src)
+    assert folders.fingerprint(src) == first and len(first) == 64
+    (src / "dog" / "extra.png").write_bytes(made["cat"][0].read_bytes())  # added
+    added = folders.fingerprint(src)
+    made["cat"][1].write_bytes(made["cat"][0].read_bytes())               # changed
+    changed = folders.fingerprint(src)
+    (src / "dog" / "extra.png").unlink()                                  # removed
+    assert len({first, added, changed, folders.fingerprint(src)}) == 4
 
 
 def test_folder_with_splits_renames_val(tmp_path):

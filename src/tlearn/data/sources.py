@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from tlearn.data import cifar10
+from tlearn.data import cifar10, folders
 from tlearn.data.splits import SPLITS
 from tlearn.errors import DataError
 from tlearn.io import file_digest
@@ -38,7 +38,7 @@ from tlearn.io import file_digest
 log = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
-IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+IGNORED_NAMES = folders.IGNORED_NAMES
 CHUNK = 1 << 20
 
 
@@ -68,11 +68,12 @@ def fetch(source: str, sha256: str | None, target: Path, download_dir: Path,
           limits: ExtractLimits) -> dict:
     """Materialise ``source`` into the (new, empty) folder ``target``; return the manifest."""
     kind = source_kind(source)
-    archive_sha = None
+    archive_sha, extra = None, {}
     if kind == "digits":
         write_digits(target)
     elif kind == "folder":
-        copy_folder(Path(source), target)
+        extra = {"fingerprint": folders.fingerprint(Path(source)),
+                 **folders.take(Path(source), target)}
     elif kind == "cifar10":
         archive_sha = fetch_cifar10(target, download_dir, sha256)
     else:
@@ -83,7 +84,7 @@ def fetch(source: str, sha256: str | None, target: Path, download_dir: Path,
         extract(archive, target, limits)
         unwrap_single_folder(target)
     layout = normalise_layout(target)
-    return {"source": source, "kind": kind, "sha256": archive_sha, **layout}
+    return {"source": source, "kind": kind, "sha256": archive_sha, **layout, **extra}
 
 
 # --- digits -------------------------------------------------------------------------
@@ -113,17 +114,6 @@ def fetch_cifar10(target: Path, download_dir: Path, sha256: str | None) -> str:
     cifar10.check(path, archive)
     cifar10.convert(path, target)
     return archive.sha256
-
-
-# --- local folders ------------------------------------------------------------------
-
-def copy_folder(source: Path, target: Path) -> None:
-    """Copy a class/split folder tree, skipping hidden files and links (never followed)."""
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        return {n for n in names if n.startswith(".") or n in IGNORED_NAMES
-                or (Path(folder) / n).is_symlink()}
-
-    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
 
 
 # --- downloads ----------------------------------------------------------------------

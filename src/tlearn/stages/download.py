@@ -35,5 +35,9 @@ def run(cfg: Config) -> dict:
              len(manifest["classes"]), ", ".join(manifest["splits"] or ["no given splits"]),
              paths.RAW)
     metrics = {"n_files": manifest["n_files"], "n_classes": len(manifest["classes"])}
+    if "skipped" in manifest:  # a local folder: hard-linked or copied, and what was left out
+        metrics |= {key: manifest[key] for key in ("linked", "copied", "skipped")}
+        for reason, count in manifest["skipped"].items():
+            log.info("download: %d file(s) of %s skipped: %s", count, cfg.data.source, reason)
     write_json(STAGE.report, metrics)
     return metrics
