@@ -15,14 +15,14 @@ from pathlib import Path
 
 from tlearn import __version__, config, stages
 from tlearn.errors import TlearnError
-from tlearn.tracking.store import Settings, TrackingUnavailable, apply_http_defaults
+from tlearn.tracking.store import Settings, apply_http_defaults
 
 log = logging.getLogger("tlearn")
 DESCRIPTION = ("tlearn: transfer learning for image classification. One subcommand per DVC "
                "stage, plus the tools.")
 EXIT_CODES = ("exit codes: 0 success, 1 partial failure (some images could not be predicted), "
-              "2 bad input, 3 the MLflow tracking store does not answer, 130 interrupted; "
-              "tlearn run exits with DVC's code.")
+              "2 bad input, 3 the MLflow tracking store does not answer (or tlearn retrain "
+              "is already running), 130 interrupted; tlearn run exits with DVC's code.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except TlearnError as exc:
         print(str(exc), file=sys.stderr)
-        code = 3 if isinstance(exc, TrackingUnavailable) else 2
+        code = exc.exit_code
         _tell_tlearn_run(args, code)
         return code
     except KeyboardInterrupt:
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "it beats the champion by tracking.promote_margin")
     _add_params_options(p, "tracking.promote_margin=0.01")
     p.set_defaults(handler=_promote)
+
+    p = sub.add_parser("retrain", help="the scheduled job: retrain when data, params or code "
+                                       "changed, promote only a significantly better model")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what changed and what would run; change nothing")
+    p.add_argument("--commit", action="store_true",
+                   help="after a retrain, commit dvc.lock and reports/ to git")
+    p.set_defaults(handler=_retrain)
 
     p = sub.add_parser("backbones", help="list every backbone: size, input size, weights, offline")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -150,6 +158,12 @@ def _promote(args: argparse.Namespace) -> int:
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
     print(registry.promote(args.settings, cfg).line)
     return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from tlearn import retrain
+
+    return retrain.run(args.settings, dry_run=args.dry_run, commit=args.commit)
 
 
 def _backbones(args: argparse.Namespace) -> int:

@@ -163,6 +163,15 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class RetrainParams:
+    min_per_class: int = field(metadata=_range(1))         # the data gate, per class
+    max_quarantined: float = field(metadata=_range(0, 1))  # the data gate, fraction of files
+    alpha: float = field(metadata=_range(0, 1, lo_open=True))  # McNemar's test
+    require_significance: bool
+    min_accuracy: float = field(metadata=_range(0, 1))     # for the first champion
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """What tuning searches; a null key keeps params.yaml's ``head`` value."""
 
@@ -204,6 +213,7 @@ class Config:
     finetune: FinetuneParams
     evaluate: EvaluateParams
     tracking: TrackingParams
+    retrain: RetrainParams
     baselines: BaselinesParams
     regress: RegressParams
 

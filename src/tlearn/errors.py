@@ -1,8 +1,11 @@
-"""Errors a user can fix. The CLI prints their one-line message and exits with code 2."""
+"""Errors a user can fix. The CLI prints their one-line message and exits with the
+error's ``exit_code`` (2 for bad input)."""
 
 
 class TlearnError(Exception):
     """Bad input: the message names the file, key or class to fix."""
+
+    exit_code = 2
 
 
 class ConfigError(TlearnError):

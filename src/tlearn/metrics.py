@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from tlearn.stats import wilson_interval
+
 
 ZOOM = 0.9  # flip_crops: the centre 90% of the image, scaled back up
 #: The figures that compare models on one test split (as :func:`classification_report`).
@@ -80,6 +82,8 @@ def evaluation_report(reports: dict[str, dict], tta: str) -> dict:
     figures plain, the head's and the TTA ones prefixed, per class and confusion last."""
     final, head = reports["model"], reports["head"]
     out = {key: final[key] for key in ("accuracy", "top_k_accuracy", "loss", "n_test", "k")}
+    out["accuracy_ci95"] = list(wilson_interval(round(final["accuracy"] * final["n_test"]),
+                                                final["n_test"]))
     out |= {f"head_{key}": head[key] for key in ("accuracy", "top_k_accuracy", "loss")}
     if tta != "none":
         out |= {"tta": tta,

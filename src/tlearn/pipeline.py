@@ -47,8 +47,10 @@ def _executable(name: str) -> str:
 
 def run(settings: Settings, sets: list[str], project_params: list[str], exp: bool = False,
         mlflow_project: bool = False, targets: list[str] | None = None,
-        name: str | None = None) -> int:
-    """Run the pipeline as one tracked execution; returns DVC's exit code."""
+        name: str | None = None, force: tuple[str, ...] = ()) -> int:
+    """Run the pipeline as one tracked execution; returns DVC's exit code. ``force``:
+    stages to rerun first although DVC sees no change (download, when the files of a
+    local folder changed: DVC does not look inside it)."""
     from tlearn import preflight
     from tlearn.tracking import runs, store as tracking_store
 
@@ -63,7 +65,9 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     cmd = dvc_command(pairs, exp or mlflow_project, list(targets or []), name)
     log.info("run: %s", " ".join(cmd))
     params_before = PARAMS_YAML.read_bytes()
-    returncode = _run_dvc(cmd, env)
+    returncode = _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", *force],
+                          env) if force else 0
+    returncode = returncode or _run_dvc(cmd, env)
     if returncode and PARAMS_YAML.read_bytes() != params_before:
         # `dvc exp run -S` wrote the failed experiment's values into params.yaml.
         PARAMS_YAML.write_bytes(params_before)

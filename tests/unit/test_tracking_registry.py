@@ -1,5 +1,5 @@
-"""tlearn.tracking.registry: the promotion rule, and promote on a real (embedded SQLite)
-registry, including re-measuring a champion on the local test split."""
+"""tlearn.tracking.registry: promote on a real (embedded SQLite) registry: both models
+measured on the local test split, paired, and decided by tlearn.stats.Rule."""
 
 from __future__ import annotations
 
@@ -15,29 +15,6 @@ from tlearn.errors import TlearnError
 from tlearn.tracking import models, registry, store
 
 
-@pytest.mark.parametrize("challenger, champion, margin, promoted", [
-    (0.90, None, 0.0, True),     # no champion yet
-    (0.91, 0.90, 0.0, True),     # better
-    (0.90, 0.90, 0.0, False),    # a tie keeps the champion
-    (0.89, 0.90, 0.0, False),    # worse
-    (0.92, 0.90, 0.05, False),   # better, but not by the margin
-    (0.95, 0.90, 0.05, True),    # exactly the margin (float noise included)
-    (0.96, 0.90, 0.05, True),
-])
-def test_decide(challenger, champion, margin, promoted):
-    decision = registry.decide("tlearn", "3", challenger, None if champion is None else "2",
-                               champion, margin)
-    assert decision.promote is promoted
-    assert decision.line.startswith("promoted" if promoted else "kept")
-    assert f"{challenger:.4f}" in decision.line
-    assert "\n" not in decision.line
-
-
-def test_decide_same_version_is_kept():
-    decision = registry.decide("tlearn", "2", 0.9, "2", 0.9, 0.0)
-    assert not decision.promote and "already the champion" in decision.line
-
-
 @pytest.fixture
 def versions(embedded):
     """``add`` registers a version the way evaluate does (tags test_accuracy and
@@ -45,7 +22,8 @@ def versions(embedded):
     connected = store.connect(embedded, "tlearn")
     client = connected.client
 
-    def add(accuracy: float, split: str) -> str:
+    def add(accuracy: float, split: str | None = None) -> str:
+        split = split or split_digest(paths.prepared_split("test"))
         logged = client.create_logged_model(connected.experiment_id, name="model")
         if not client.search_registered_models("name = 'tlearn'"):
             client.create_registered_model("tlearn")
@@ -64,88 +42,94 @@ def versions(embedded):
     return SimpleNamespace(add=add, aliases=aliases, promote=promote, client=client)
 
 
-def test_promote_follows_the_rule_on_one_test_split(versions):
-    split = "a" * 64
-    with pytest.raises(TlearnError, match="no registered model"):
-        versions.promote()
-    versions.add(0.80, split)
-    assert versions.promote().line.startswith("promoted: tlearn v1")
-    assert versions.aliases() == {"challenger": 1, "champion": 1}
-    assert versions.promote().line.startswith("kept: tlearn v1 is already")
-
-    versions.add(0.80, split)                               # a tie: kept
-    decision = versions.promote()
-    assert not decision.promote and versions.aliases() == {"challenger": 2, "champion": 1}
-    versions.add(0.85, split)                               # better: promoted
-    decision = versions.promote()
-    assert decision.promote and "replaces v1" in decision.line
-    assert versions.aliases() == {"challenger": 3, "champion": 3}
-
-    margin = config.load("params.yaml", overrides={"tracking.promote_margin": 0.1})
-    versions.add(0.90, split)                               # +0.05 < margin 0.1: kept
-    assert not versions.promote(margin).promote
-    assert versions.aliases()["champion"] == 3
+N_TEST = 40
+LABELS = np.arange(N_TEST) % 2
 
 
-def test_promote_refuses_to_compare_accuracies_from_different_test_splits(versions):
-    versions.add(0.80, "a" * 64)
-    versions.promote()
-    versions.add(0.99, "b" * 64)
-    with pytest.raises(TlearnError, match="another test split"):
-        versions.promote()
-    assert versions.aliases()["champion"] == 1
-    # Once the champion has been measured on the challenger's split, the rule applies.
-    versions.client.set_model_version_tag("tlearn", "1", f"test_accuracy.{'b' * 12}", "0.7")
-    assert versions.promote().promote
-    assert versions.aliases()["champion"] == 2
+class Fixed:
+    """A model giving fixed answers for the local test split's 8 px images, in order."""
 
-
-class HalfRight:
-    """A champion that predicts class 0 for every 8 px image: 2 of the 4 below right."""
     input_shape = (None, 8, 8, 3)
 
-    output_shape = (None, 2)
+    def __init__(self, predicted: np.ndarray):
+        self.predicted, self.at = predicted, 0
 
     def predict_on_batch(self, x):
-        return np.tile([0.9, 0.1], (len(x), 1))
+        out = np.eye(2)[self.predicted[self.at:self.at + len(x)]]
+        self.at += len(x)
+        return out
 
 
-def _local_test_split() -> str:
-    """A prepared 8 px crop test split of 4 images and 2 classes; returns its digest."""
-    images = np.zeros((4, 8, 8, 3), np.uint8)
-    labels = np.array([0, 1, 0, 1])
-    save_split(paths.prepared_split("test"), Split(images, labels, np.array(["f"] * 4)))
+def answers(right: int) -> np.ndarray:
+    """Predictions with the first ``right`` images right and the rest wrong."""
+    return np.where(np.arange(N_TEST) < right, LABELS, 1 - LABELS)
+
+
+@pytest.fixture
+def models_by_version(monkeypatch):
+    """data/prepared/test (40 images, 2 classes, 8 px crop), and models.load_model
+    answering with the predictions registered here per version."""
+    save_split(paths.prepared_split("test"),
+               Split(np.zeros((N_TEST, 8, 8, 3), np.uint8), LABELS, np.array(["f"] * N_TEST)))
     paths.PREPARED_PREPROCESS.write_text(json.dumps({"image_size": 8, "resize_mode": "crop"}))
-    paths.MODELS.mkdir()
-    paths.LABELS.write_text(json.dumps(["a", "b"]))
-    return split_digest(paths.prepared_split("test"))
+    paths.PREPARED_LABELS.write_text(json.dumps(["a", "b"]))
+    predictions: dict[int, tuple[np.ndarray, str]] = {}
+
+    def load_model(settings, uri):
+        predicted, resize_mode = predictions[int(uri.rsplit("/", 1)[1])]
+        return Fixed(predicted), ["a", "b"], resize_mode
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    return predictions
 
 
-def test_promote_refuses_a_champion_made_for_other_images(versions, monkeypatch):
-    split = _local_test_split()
-    monkeypatch.setattr(models, "load_model",
-                        lambda settings, uri: (HalfRight(), ["a", "b"], "pad"))
-    versions.add(0.9, "c" * 64)
-    versions.promote()
-    versions.add(0.75, split)
-    with pytest.raises(TlearnError, match="takes 8 px pad images, not the 8 px crop test split"):
+def test_promote_measures_both_models_on_the_same_images(versions, models_by_version):
+    with pytest.raises(TlearnError, match="no registered model"):
         versions.promote()
+    models_by_version[versions.add(0.75)] = answers(30), "crop"
+    first = versions.promote()
+    assert first.promoted and first.line == ("promoted: tlearn v1 (test accuracy 0.7500): "
+                                             "the first champion")
+    assert versions.aliases() == {"challenger": 1, "champion": 1}
+    assert versions.promote().reason == "it is already the champion"
+
+    models_by_version[versions.add(0.725)] = answers(29), "crop"          # worse
+    worse = versions.promote()
+    assert not worse.promoted and worse.line == (
+        "kept: tlearn v1 (0.7500); challenger tlearn v2 (test accuracy 0.7250): not better: "
+        "-0.0250 on the same 40 test images")
+    tags = versions.client.get_model_version("tlearn", "2").tags
+    assert tags["tlearn.decision"] == worse.line
+
+    models_by_version[versions.add(0.775)] = answers(31), "crop"          # one image more
+    lucky = versions.promote()
+    assert not lucky.promoted and "not significant: McNemar p = 1" in lucky.reason
+    assert versions.aliases()["champion"] == 1
+
+    models_by_version[versions.add(1.0)] = answers(40), "crop"            # ten more
+    better = versions.promote()
+    figures = better.figures()
+    assert better.promoted and versions.aliases() == {"challenger": 4, "champion": 4}
+    assert (figures["challenger_only"], figures["champion_only"], figures["n_test"]) == (10, 0, 40)
+    assert figures["p_value"] == pytest.approx(2 / 2 ** 10)
+    assert figures["difference"] == pytest.approx(0.25)
+    assert figures["difference_low"] < 0.25 < figures["difference_high"]
+
+    models_by_version[versions.add(0.775)] = answers(31), "crop"          # worse than v4
+    assert not versions.promote().promoted
 
 
-def test_promote_measures_the_champion_on_the_local_test_split(versions, monkeypatch):
-    split = _local_test_split()
-    loaded = []
-    monkeypatch.setattr(models, "load_model",
-                        lambda settings, uri: loaded.append(uri) or (HalfRight(), ["a", "b"],
-                                                                     "crop"))
-    versions.add(0.9, "c" * 64)
+def test_promote_refuses_what_cannot_be_compared(versions, models_by_version):
+    models_by_version[versions.add(0.75)] = answers(30), "crop"
     versions.promote()
-    versions.add(0.75, split)                     # champion on this split: 0.5 -> promoted
-    decision = versions.promote()
-    assert loaded == ["models:/tlearn/1"]
-    assert decision.promote and "(0.5000)" in decision.line
-    tags = versions.client.get_model_version("tlearn", "1").tags
-    assert float(tags[f"test_accuracy.{split[:12]}"]) == 0.5
+    models_by_version[1] = answers(30), "pad"      # as if made for other images
+    versions.add(0.99, "b" * 64)                   # evaluated on other images
+    with pytest.raises(TlearnError, match="another test split"):
+        versions.promote()
+    models_by_version[versions.add(0.9)] = answers(36), "crop"
+    with pytest.raises(TlearnError, match="v1 takes 8 px pad images, not the 8 px crop"):
+        versions.promote()
+    assert versions.aliases()["champion"] == 1
 
 
 def test_registering_twice_only_ignores_already_exists(embedded, monkeypatch):
@@ -160,7 +144,10 @@ def test_registering_twice_only_ignores_already_exists(embedded, monkeypatch):
         raise MlflowException("no", error_code="PERMISSION_DENIED")
 
     monkeypatch.setattr(connected.client, "create_registered_model", denied)
-    _local_test_split()
+    save_split(paths.prepared_split("test"),
+               Split(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), np.array(["f"] * 2)))
+    paths.MODELS.mkdir()
+    paths.LABELS.write_text(json.dumps(["a", "b"]))
     paths.MODEL.write_bytes(b"model")
     monkeypatch.setattr(connected.client, "search_logged_models",
                         lambda **kwargs: [SimpleNamespace(model_id="m-1")])

@@ -9,12 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tlearn import paths
 from tlearn.config import Config
 from tlearn.errors import TlearnError
 from tlearn.data.store import split_digest
 from tlearn.io import file_digest
 from tlearn.tracking import provenance
+from tlearn.stats import Paired, Rule
 from tlearn.tracking.store import Settings, Store, connect
 
 log = logging.getLogger(__name__)
@@ -68,95 +71,151 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
 
 
 @dataclass(frozen=True)
-class Decision:
-    promote: bool
-    line: str
+class Outcome:
+    """What promotion decided, with the figures behind it (both models measured on the
+    same current test split)."""
+
+    name: str
+    challenger: str
+    champion: str | None                 # the champion before the decision
+    challenger_accuracy: float
+    paired: Paired | None                # None without a champion (or the same version)
+    promoted: bool
+    reason: str
+
+    @property
+    def line(self) -> str:
+        chal = f"{self.name} v{self.challenger} (test accuracy {self.challenger_accuracy:.4f})"
+        if self.champion is None:
+            return f"{'promoted' if self.promoted else 'kept no champion'}: {chal}: {self.reason}"
+        champ = (f"v{self.champion} ({self.paired.champion_accuracy:.4f})" if self.paired
+                 else f"v{self.champion}")
+        if self.promoted:
+            return f"promoted: {chal} replaces {champ}: {self.reason}"
+        return f"kept: {self.name} {champ}; challenger {chal}: {self.reason}"
+
+    def figures(self) -> dict[str, Any]:
+        """The decision as flat figures (MLflow, reports/retrain_history.csv)."""
+        out: dict[str, Any] = {"challenger_version": self.challenger,
+                               "champion_version": self.champion or "",
+                               "challenger_accuracy": self.challenger_accuracy,
+                               "promoted": self.promoted, "reason": self.reason}
+        if self.paired:
+            low, high = self.paired.difference_interval
+            out |= {"champion_accuracy": self.paired.champion_accuracy,
+                    "difference": self.paired.difference, "difference_low": low,
+                    "difference_high": high, "p_value": self.paired.p_value,
+                    "n_test": self.paired.n, "challenger_only": self.paired.challenger_only,
+                    "champion_only": self.paired.champion_only}
+        return out
 
 
-def decide(name: str, challenger: str, challenger_acc: float, champion: str | None,
-           champion_acc: float | None, margin: float) -> Decision:
-    """Promote iff there is no champion, or the challenger's test accuracy beats the
-    champion's (on the same test split) by more than zero and by at least ``margin``."""
-    if champion is None or champion_acc is None:
-        return Decision(True, f"promoted: {name} v{challenger} (test accuracy "
-                              f"{challenger_acc:.4f}) is the first champion")
-    if champion == challenger:
-        return Decision(False, f"kept: {name} v{champion} is already the champion "
-                               f"(test accuracy {champion_acc:.4f})")
-    gain = challenger_acc - champion_acc
-    if gain > 0 and gain >= margin - 1e-12:
-        return Decision(True, f"promoted: {name} v{challenger} (test accuracy "
-                              f"{challenger_acc:.4f}) replaces v{champion} ({champion_acc:.4f}); "
-                              f"margin {margin:g}")
-    return Decision(False, f"kept: {name} v{champion} (test accuracy {champion_acc:.4f}); "
-                           f"challenger v{challenger} ({challenger_acc:.4f}) does not beat it "
-                           f"by margin {margin:g}")
+def rule(cfg: Config) -> Rule:
+    return Rule(cfg.tracking.promote_margin, cfg.retrain.alpha,
+                cfg.retrain.require_significance, cfg.retrain.min_accuracy)
 
 
-def promote(settings: Settings, cfg: Config) -> Decision:
-    """Move the ``champion`` alias to the ``challenger`` version if it wins (see
-    :func:`decide`); both accuracies must come from the same test split."""
+def promote(settings: Settings, cfg: Config, dry_run: bool = False) -> Outcome:
+    """Move ``champion`` to the ``challenger`` version if it wins by the rule
+    (:class:`tlearn.stats.Rule`) on data/prepared/test, where both are measured now; else
+    tag the challenger with the reason. ``dry_run``: decide, change nothing."""
     store = connect(settings, cfg.tracking.experiment)
     if store is None:
         raise TlearnError("promote: tracking is off (TLEARN_TRACKING_OFF); the registry is "
                           "in the tracking store")
     client, name = store.client, cfg.tracking.registered_model
-    try:
-        aliases = dict(client.get_registered_model(name).aliases or {})
-    except Exception as exc:  # noqa: BLE001
-        raise TlearnError(f"promote: no registered model {name!r} at {store.uri} "
-                          "(run the pipeline first)") from exc
+    aliases = current_aliases(client, name)
     if CHALLENGER not in aliases:
         raise TlearnError(f"promote: {name} has no @{CHALLENGER} version (run the pipeline first)")
     challenger = client.get_model_version(name, aliases[CHALLENGER])
-    chal_acc = float(challenger.tags["test_accuracy"])
-    split = challenger.tags.get("test_split_sha256", "")
-    champion = client.get_model_version(name, aliases[CHAMPION]) if CHAMPION in aliases else None
-    champ_acc = None
+    champion = aliases.get(CHAMPION)
+    if champion == challenger.version:
+        accuracy = float(challenger.tags["test_accuracy"])
+        return Outcome(name, challenger.version, champion, accuracy, None, False,
+                       "it is already the champion")
+    split = paths.prepared_split("test")
+    if not split.is_dir() or challenger.tags.get("test_split_sha256") != split_digest(split):
+        raise TlearnError(f"promote: challenger v{challenger.version} was evaluated on another "
+                          f"test split than {split}; run the pipeline (or dvc checkout) first")
+    chal_correct = correct_on_test_split(settings, name, challenger.version)
+    paired = None
     if champion is not None:
-        champ_acc = (chal_acc if champion.version == challenger.version else
-                     champion_accuracy(settings, client, name, champion, split))
-    decision = decide(name, challenger.version, chal_acc,
-                      champion.version if champion is not None else None, champ_acc,
-                      cfg.tracking.promote_margin)
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
-    return decision
+        paired = Paired.of(chal_correct, correct_on_test_split(settings, name, champion))
+    promoted, reason = rule(cfg).decide(float(chal_correct.mean()), paired)
+    outcome = Outcome(name, challenger.version, champion, float(chal_correct.mean()), paired,
+                      promoted, reason)
+    if not dry_run:
+        if promoted:  # one request: the alias never points at a half-made version
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        client.set_model_version_tag(name, challenger.version, "tlearn.decision", outcome.line)
+    return outcome
 
 
-def champion_accuracy(settings: Settings, client, name: str, champion, split: str) -> float:
-    """The champion's test accuracy on the challenger's test split: its own tag when it was
-    evaluated on that split, else measured now on data/prepared/test/ when that folder is
-    that split (with evaluate's own code; the result is kept as a version tag), else refused."""
-    if champion.tags.get("test_split_sha256") == split:
-        return float(champion.tags["test_accuracy"])
-    key = f"test_accuracy.{split[:12]}"
-    if key in champion.tags:
-        return float(champion.tags[key])
-    test = paths.prepared_split("test")
-    if not split or not test.is_dir() or split_digest(test) != split:
-        raise TlearnError(
-            f"promote: champion v{champion.version} was evaluated on another test split and "
-            f"the challenger's split is not in {test}; re-run evaluate on one split first")
+def current_aliases(client, name: str) -> dict[str, str]:
+    try:
+        return dict(client.get_registered_model(name).aliases or {})
+    except Exception as exc:  # noqa: BLE001
+        raise TlearnError(f"promote: no registered model {name!r} (run the pipeline "
+                          "first)") from exc
+
+
+def correct_on_test_split(settings: Settings, name: str, version: str) -> np.ndarray:
+    """Which images of data/prepared/test version ``version`` gets right (with evaluate's
+    own prediction code); refused when the model takes other classes or image sizes."""
     from tlearn.data.store import SplitReader, load_preprocess
     from tlearn.io import read_json
-    from tlearn.metrics import classification_report, predict_probabilities
+    from tlearn.metrics import predict_probabilities
     from tlearn.tracking import models
 
-    model, labels, resize_mode = models.load_model(settings, f"models:/{name}/{champion.version}")
-    if list(labels) != list(read_json(paths.LABELS)):
-        raise TlearnError(f"promote: champion v{champion.version} has other classes than the "
-                          "challenger; they cannot be compared")
+    model, labels, resize_mode = models.load_model(settings, f"models:/{name}/{version}")
+    if list(labels) != list(read_json(paths.PREPARED_LABELS)):
+        raise TlearnError(f"promote: v{version} has other classes than the test split; "
+                          "they cannot be compared")
     prepared = load_preprocess(paths.PREPARED_PREPROCESS)
     if (int(model.input_shape[1]), resize_mode) != (prepared["image_size"],
                                                      prepared["resize_mode"]):
-        raise TlearnError(f"promote: champion v{champion.version} takes {model.input_shape[1]} "
-                          f"px {resize_mode} images, not the {prepared['image_size']} px "
+        raise TlearnError(f"promote: v{version} takes {model.input_shape[1]} px {resize_mode} "
+                          f"images, not the {prepared['image_size']} px "
                           f"{prepared['resize_mode']} test split; they cannot be compared")
-    data = SplitReader(test)
-    accuracy = classification_report(
-        data.labels, predict_probabilities(model, data.images.batches()), labels)["accuracy"]
-    client.set_model_version_tag(name, champion.version, key, repr(accuracy))
-    log.info("promote: champion v%s measured on the challenger's test split: %.4f",
-             champion.version, accuracy)
-    return accuracy
+    data = SplitReader(paths.prepared_split("test"))
+    predicted = predict_probabilities(model, data.images.batches()).argmax(axis=1)
+    return predicted == data.labels
+
+
+def champion_summary(settings: Settings, cfg: Config) -> str:
+    """``tlearn v3 (test accuracy 0.9926)``, or what is missing; reads tags only."""
+    store = connect(settings, cfg.tracking.experiment, cfg.tracking.required)
+    if store is None:
+        return "unknown (tracking is off)"
+    name = cfg.tracking.registered_model
+    with store.guarded():
+        found = store.client.search_registered_models(f"name = '{name}'")
+        version = dict(found[0].aliases or {}).get(CHAMPION) if found else None
+        if version is None:
+            return "none yet"
+        accuracy = store.client.get_model_version(name, version).tags.get("test_accuracy")
+        return f"{name} v{version} (test accuracy {float(accuracy):.4f})"
+    return "unknown (the tracking store failed)"
+
+
+def log_decision(settings: Settings, cfg: Config, record: Mapping[str, Any]) -> None:
+    """A run ``retrain`` of its own: the figures as metrics, what changed and the outcome
+    as params and tags, the data's hash."""
+    from tlearn.tracking.records import log_metrics, log_params, numeric_items
+
+    store = connect(settings, cfg.tracking.experiment, cfg.tracking.required)
+    if store is None:
+        return
+    with store.guarded():
+        tags = {"stage": "retrain", "mlflow.source.name": "tlearn retrain",
+                "outcome": str(record["outcome"]), "reason": str(record.get("reason", ""))}
+        if sha := provenance.data_sha256():
+            tags["data.sha256"] = sha
+        run_id = store.client.create_run(store.experiment_id, run_name="retrain",
+                                         tags=tags).info.run_id
+        log_params(store.client, run_id, {k: v for k, v in record.items()
+                                          if k in ("changed", "challenger_version",
+                                                   "champion_version", "data_fingerprint")})
+        figures = {k: v for k, v in numeric_items(record).items() if k != "promoted"}
+        log_metrics(store.client, run_id, [(k, v, 0) for k, v in figures.items()])
+        store.client.set_terminated(run_id, "FINISHED")

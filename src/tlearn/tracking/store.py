@@ -43,6 +43,8 @@ STRAY = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 class TrackingUnavailable(TlearnError):
     """The tracking store does not answer (the message names its URI)."""
 
+    exit_code = 3
+
 
 @dataclass(frozen=True)
 class Settings:
