@@ -213,3 +213,12 @@ def tune_inputs(root: Path, head: dict | None = None, tune: dict | None = None) 
         params["tune"][key] = params["tune"][key] | value if key == "space" else value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
+
+
+# --- deploy/ --------------------------------------------------------------------------
+
+def crontab_command() -> str:
+    """The command of deploy/crontab's one entry (after its five time fields)."""
+    (line,) = [line for line in (REPO / "deploy" / "crontab").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    return line.split(maxsplit=5)[5]

@@ -3,11 +3,12 @@
 #   chromium     renders `dvc plots show`'s HTML offline (tests/integration/test_dvc_plots.py)
 #   postgresql   a private cluster for tuning workers (tests/integration/test_tune_postgres.py)
 #   libegl1 ...  what PySide6's Qt loads for `tlearn gui` offscreen (tests/unit/test_gui.py)
+#   systemd      systemd-analyze checks deploy/'s units (tests/unit/test_deploy.py)
 # It installs only as root with apt-get; otherwise, or when apt-get fails, it says which
 # packages are missing and goes on: the tests that need them then fail or skip and say why.
 set -uo pipefail
 PACKAGES=(chromium postgresql libegl1 libgl1 libfontconfig1 libxkbcommon0 libglib2.0-0
-          libdbus-1-3)
+          libdbus-1-3 systemd)
 missing=()
 for package in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

@@ -139,12 +139,13 @@ def run(settings, dry_run: bool = False, commit: bool = False) -> int:
         if not changes:
             log.info("retrain: up to date (data, params and code unchanged); champion %s",
                      champion)
-            append_history({"time": _now(), "outcome": "up to date", "changed": "nothing",
-                            "seconds": round(time.time() - started, 1)})
+            if not dry_run:
+                append_history({"time": _now(), "outcome": "up to date", "changed": "nothing",
+                                "seconds": round(time.time() - started, 1)})
             return 0
         log.info("retrain: changed: %s; champion %s", changes.describe(), champion)
         if dry_run:
-            print(f"would retrain: {changes.describe()}; champion {champion}; nothing changed")
+            print(f"dry run: would retrain ({changes.describe()}); champion {champion}")
             return 0
         record = {"time": _now(), "changed": changes.describe()}
         try:

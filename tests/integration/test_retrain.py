@@ -1,0 +1,182 @@
+"""``tlearn retrain`` through the real CLI on a committed tiny project (3 colour classes,
+a local folder source), one scenario after another on the same project: the first
+champion, a run with nothing to do, the lock, the data gate, new images, a worse
+challenger, and a retrain SIGKILLed during finetune."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import crontab_command
+from test_tracking_pipeline import BIN, COLOURS, aliases_of, colour_images, env, make_project
+from tlearn import lock
+
+pytestmark = pytest.mark.skipif(not shutil.which("git"), reason="needs git")
+
+
+def retrain(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "tlearn"), "retrain", *args], cwd=project, env=env(),
+                          capture_output=True, text=True, timeout=900)
+
+
+def history(project: Path) -> list[dict]:
+    with open(project / "reports/retrain_history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def client(project: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def add_images(source: Path, seed: int, per_class: int) -> None:
+    rng = np.random.default_rng(seed)
+    for label, colour in COLOURS.items():
+        for i in range(per_class):
+            img = np.full((40, 40, 3), colour, np.int16) + rng.integers(-30, 30, (40, 40, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                source / label / f"new_{seed}_{i}.png")
+
+
+def source_of(project: Path) -> Path:
+    return Path(yaml.safe_load((project / "params.yaml").read_text())["data"]["source"])
+
+
+def set_param(project: Path, dotted: str, value) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    group, key = dotted.split(".")
+    params[group][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("retrain")
+    return make_project(root / "project", colour_images(root / "source"))
+
+
+def test_the_first_run_makes_the_champion_and_a_second_does_nothing_in_seconds(project):
+    first = retrain(project)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.strip().endswith("the first champion")
+    assert aliases_of(client(project)) == {"challenger": "1", "champion": "1"}
+
+    started = time.monotonic()
+    second = retrain(project)
+    seconds = time.monotonic() - started
+    print(f"retrain with nothing to do: {seconds:.1f} s")
+    assert second.returncode == 0 and seconds < 30  # no TensorFlow, no DVC stage
+    assert "up to date" in second.stderr and "champion tlearn v1 (test accuracy" in second.stderr
+    rows = history(project)
+    assert [row["outcome"] for row in rows] == ["promoted", "up to date"]
+    decisions = client(project).search_runs(
+        [client(project).get_experiment_by_name("tlearn").experiment_id],
+        filter_string="tags.stage = 'retrain'")
+    assert len(decisions) == 1 and decisions[0].data.tags["outcome"] == "promoted"
+    evaluate = json.loads((project / "reports/evaluate.json").read_text())
+    low, high = evaluate["accuracy_ci95"]
+    assert low < evaluate["accuracy"] <= high  # Wilson: an interval even at accuracy 1
+
+
+def test_the_crontab_line_runs_as_written(project, tmp_path):
+    """deploy/crontab's command, verbatim, with $HOME/tlearn being this project."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "tlearn").symlink_to(project)
+    (project / ".venv").symlink_to(BIN.parent)  # the clone's own virtualenv
+    try:
+        proc = subprocess.run(["sh", "-c", crontab_command()], env=env(HOME=str(home)),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        (project / ".venv").unlink()
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == ""  # all in the log
+    assert "retrain: up to date" in (project / "logs/retrain.log").read_text()
+
+
+def test_a_second_retrain_while_one_runs_exits_3_naming_the_holder(project):
+    with lock.held(project / ".tlearn" / "retrain.lock", "test"):
+        proc = retrain(project)
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == proc.stderr.strip().splitlines()[-1]  # one line
+    assert f"already running as pid {os.getpid()}" in proc.stderr
+
+
+def test_the_data_gate_stops_broken_data_before_training(project):
+    source = source_of(project)
+    kept = source.parent / "green-kept"
+    shutil.move(source / "green", kept)  # a class vanishes
+    try:
+        proc = retrain(project)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"retrain: data gate: class(es) green vanished from {source}")
+        assert aliases_of(client(project))["champion"] == "1"
+        assert history(project)[-1]["outcome"] == "failed"
+    finally:
+        shutil.move(kept, source / "green")
+
+
+def test_new_images_retrain_and_the_decision_follows_mcnemar(project):
+    add_images(source_of(project), seed=7, per_class=5)
+    proc = retrain(project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = history(project)[-1]
+    assert "images added, removed or changed" in row["changed"]
+    assert row["challenger_version"] == "2" and row["champion_version"] == "1"
+    promoted = row["outcome"] == "promoted"
+    p_value = float(row["p_value"])
+    assert promoted == (float(row["difference"]) > 0 and p_value < 0.05)
+    assert aliases_of(client(project))["champion"] == ("2" if promoted else "1")
+    print(f"new images: {proc.stdout.strip()}")
+
+
+def test_a_worse_challenger_is_not_promoted_and_says_why(project):
+    champion = aliases_of(client(project))["champion"]
+    set_param(project, "finetune.learning_rate", 5.0)  # the fine-tune diverges
+    try:
+        proc = retrain(project)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        print(f"worse challenger: {proc.stdout.strip()}")
+        row = history(project)[-1]
+        assert row["outcome"] == "kept" and row["reason"].startswith("not better: -")
+        assert aliases_of(client(project))["champion"] == champion
+        version = client(project).get_model_version("tlearn", row["challenger_version"])
+        assert version.tags["tlearn.decision"].startswith("kept: ")
+    finally:
+        set_param(project, "finetune.learning_rate", 0.0001)
+
+
+def test_a_retrain_killed_during_finetune_leaves_the_champion_and_the_next_one_succeeds(
+        project):
+    champion = aliases_of(client(project))["champion"]
+    log = project / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(BIN / "tlearn"), "retrain"], cwd=project, env=env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while "Running stage 'finetune'" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((project / ".tlearn/retrain.lock").read_text())["pid"] == proc.pid
+    assert aliases_of(client(project))["champion"] == champion
+
+    after = retrain(project)  # takes the dead process's lock over
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert history(project)[-1]["outcome"] in ("promoted", "kept")
+    assert not (project / ".tlearn/retrain.lock").exists()
