@@ -35,7 +35,7 @@ run: $(STAMP)
 # when missing (as root).
 test: $(STAMP)
 	bash tools/install_test_packages.sh
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow" -q

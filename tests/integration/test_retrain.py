@@ -145,7 +145,9 @@ def test_new_images_retrain_and_the_decision_follows_mcnemar(project):
 
 def test_a_worse_challenger_is_not_promoted_and_says_why(project):
     champion = aliases_of(client(project))["champion"]
-    set_param(project, "finetune.learning_rate", 5.0)  # the fine-tune diverges
+    params = (project / "params.yaml").read_text()
+    set_param(project, "head.learning_rate", 1e-7)  # a head that learns nothing
+    set_param(project, "head.epochs", 1)
     try:
         proc = retrain(project)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,12 +158,13 @@ def test_a_worse_challenger_is_not_promoted_and_says_why(project):
         version = client(project).get_model_version("tlearn", row["challenger_version"])
         assert version.tags["tlearn.decision"].startswith("kept: ")
     finally:
-        set_param(project, "finetune.learning_rate", 0.0001)
+        (project / "params.yaml").write_text(params)
 
 
 def test_a_retrain_killed_during_finetune_leaves_the_champion_and_the_next_one_succeeds(
         project):
     champion = aliases_of(client(project))["champion"]
+    set_param(project, "finetune.epochs", 2)  # something to retrain
     log = project / "killed.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(BIN / "tlearn"), "retrain"], cwd=project, env=env(),
