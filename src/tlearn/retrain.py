@@ -87,6 +87,38 @@ def dvc_status() -> list[str]:
     return [name.split(":")[-1] for name in json.loads(proc.stdout or "{}")]
 
 
+DVC_RWLOCK = Path(".dvc") / "tmp" / "rwlock"
+
+
+def release_dead_dvc_locks() -> int:
+    """Drop the entries of DVC's own lock file whose processes are gone or zombies (a
+    retrain killed with its DVC leaves them; in a container without an init nobody reaps
+    the zombie, and DVC takes it for alive); returns how many processes were released."""
+    import psutil
+
+    def alive(info: dict) -> bool:
+        try:
+            return psutil.Process(int(info["pid"])).status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, KeyError, ValueError):
+            return False
+
+    if not DVC_RWLOCK.is_file():
+        return 0
+    locks = json.loads(DVC_RWLOCK.read_text() or "{}")
+    dead = {info["pid"] for infos in locks.get("read", {}).values() for info in infos
+            if not alive(info)}
+    dead |= {info["pid"] for info in locks.get("write", {}).values() if not alive(info)}
+    if dead:
+        locks["read"] = {path: kept for path, infos in locks.get("read", {}).items()
+                         if (kept := [i for i in infos if i["pid"] not in dead])}
+        locks["write"] = {path: info for path, info in locks.get("write", {}).items()
+                          if info["pid"] not in dead}
+        DVC_RWLOCK.write_text(json.dumps(locks))
+        log.info("retrain: released DVC's locks of dead process(es) %s",
+                 ", ".join(map(str, sorted(dead))))
+    return len(dead)
+
+
 def gate(cfg: Config, classes_before: list[str]) -> None:
     """The refreshed data must be fit to train on: raises DataError naming the problem."""
     prepared = read_json(paths.REPORTS / "prepare.json")
@@ -133,6 +165,7 @@ def run(settings, dry_run: bool = False, commit: bool = False) -> int:
     cfg = config.load(pipeline.PARAMS_YAML)
     with lock.held(LOCK, "tlearn retrain"):
         started = time.time()
+        release_dead_dvc_locks()  # we hold tlearn's lock: a dead retrain's DVC may not
         manifest = read_json(paths.MANIFEST) if paths.MANIFEST.is_file() else None
         changes = Changes(source_change(cfg, manifest), dvc_status())
         champion = registry.champion_summary(settings, cfg)
