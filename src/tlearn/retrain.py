@@ -187,7 +187,8 @@ def run(settings, dry_run: bool = False, commit: bool = False) -> int:
             if code:
                 raise StepFailed(f"retrain: refreshing the data (download, prepare) failed "
                                  f"with exit code {code}", code)
-            gate(cfg, manifest["classes"] if manifest else [])
+            same_source = manifest and manifest.get("source") == cfg.data.source
+            gate(cfg, manifest["classes"] if same_source else [])
             code = pipeline.run(settings, [], [])
             if code:
                 raise StepFailed(f"retrain: the pipeline failed with exit code {code}", code)
