@@ -36,13 +36,14 @@ def test_dvc_yaml_entry_matches_the_declaration(name):
     assert spec["params"] == [*stage.params, *({str(path): list(keys)}
                                                for path, keys in stage.params_files.items())]
     report = [str(stage.report)] if stage.report else []
-    assert entries(spec, "outs") == [str(p) for p in stage.outs] + report
+    uncached = [str(p) for p in stage.uncached]
+    assert entries(spec, "outs") == [str(p) for p in stage.outs] + uncached + report
     assert entries(spec, "metrics") == [str(p) for p in stage.metrics]
     assert entries(spec, "plots") == [str(p) for p in stage.plots]
     reports = [entry for section in ("outs", "metrics", "plots")
                for entry in spec.get(section) or [] if isinstance(entry, dict)]
-    assert [name for entry in reports for name in entry] == report + entries(spec, "metrics") \
-        + entries(spec, "plots")  # reports are small: git keeps them, not the DVC cache
+    assert [name for entry in reports for name in entry] == uncached + report + \
+        entries(spec, "metrics") + entries(spec, "plots")  # git keeps reports, not DVC's cache
     assert all(options.get("cache") is False for entry in reports for options in entry.values())
 
 

@@ -54,6 +54,7 @@ class Stage:
     # params file, so `dvc params diff` shows the values the stage used.
     params_files: Mapping[Path, tuple[str, ...]] = field(default_factory=dict)
     outs: tuple[Path, ...] = ()          # data and models it writes (cached by DVC)
+    uncached: tuple[Path, ...] = ()      # outputs DVC hashes but keeps out of its cache
     report: Path | None = None           # its figures, JSON (a plain file for DVC)
     metrics: tuple[Path, ...] = ()       # the pipeline's headline figures: DVC metrics
     plots: tuple[Path, ...] = ()         # CSV and PNG reports: DVC plots
@@ -175,7 +176,7 @@ def _reads_from(stage: Stage, stages) -> set[str]:
 
     return {other.name for other in stages if other.name != stage.name
             and any(overlap(dep, out) for dep in stage.reads
-                    for out in (*other.outs, *other.reports))}
+                    for out in (*other.outs, *other.uncached, *other.reports))}
 
 
 # --------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ STAGE = Stage(
     help="fetch data.source into data/raw",
     params=("data",),
     deps=(),
-    outs=(paths.RAW,),
+    # Not in DVC's cache: a local folder's files are hard links to the user's own (a cached
+    # copy would double the disk use); data/prepared, cached, keeps what was trained on.
+    uncached=(paths.RAW,),
     report=paths.REPORTS / "download.json",
     artifacts=(paths.MANIFEST,),
 )
