@@ -132,7 +132,7 @@ def test_the_data_gate_stops_broken_data_before_training(project):
 
 def test_new_images_retrain_and_the_decision_follows_mcnemar(project):
     add_images(source_of(project), seed=7, per_class=5)
-    proc = retrain(project)
+    proc = retrain(project, "--commit")
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = history(project)[-1]
     assert "images added, removed or changed" in row["changed"]
@@ -142,6 +142,25 @@ def test_new_images_retrain_and_the_decision_follows_mcnemar(project):
     assert promoted == (float(row["difference"]) > 0 and p_value < 0.05)
     assert aliases_of(client(project))["champion"] == ("2" if promoted else "1")
     print(f"new images: {proc.stdout.strip()}")
+    log = subprocess.run(["git", "log", "-1", "--format=%s", "--", "dvc.lock"], cwd=project,
+                         capture_output=True, text=True).stdout
+    assert log.strip() == f"tlearn retrain: {proc.stdout.strip()}"  # --commit
+
+
+def test_dvc_push_then_pull_in_a_fresh_clone_gives_the_same_models(project, tmp_path):
+    from tlearn.io import file_digest
+
+    dvc = str(BIN / "dvc")
+    for cmd in ([dvc, "remote", "add", "-d", "store", str(tmp_path / "remote")],
+                ["git", "commit", "-qam", "a DVC remote"], [dvc, "push", "-q"],
+                ["git", "clone", "-q", str(project), str(tmp_path / "clone")]):
+        proc = subprocess.run(cmd, cwd=project, env=env(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    pulled = subprocess.run([dvc, "pull", "-q"], cwd=tmp_path / "clone", env=env(),
+                            capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    for name in ("models/model.keras", "models/head.keras", "models/labels.json"):
+        assert file_digest(tmp_path / "clone" / name) == file_digest(project / name), name
 
 
 def champion_of(project: Path) -> str:
