@@ -125,6 +125,12 @@ def comparison(baselines: dict, evaluate: dict) -> list[dict]:
     return sorted(rows, key=lambda row: -row["accuracy"])
 
 
+def probe_margin(evaluate: dict, baselines: dict) -> float:
+    """The fine-tuned model's test accuracy minus the linear probe's (a logistic regression
+    on the same frozen features): the floor transfer learning must clear on any dataset."""
+    return evaluate["accuracy"] - baselines["logistic_regression_accuracy"]
+
+
 def markdown_table(rows: list[dict], k: int) -> str:
     """:func:`comparison` as a Markdown table (the log's and the README's)."""
     lines = [f"| model | route | test accuracy | top-{k} accuracy | loss |",

@@ -73,3 +73,9 @@ def test_evaluation_report_and_the_headline():
     assert tuned["tune_best_val_loss"] == 0.05  # when tuning ran; n_trials 0: best_value null
     assert "tune_best_val_loss" not in metrics.headline(report, {}, {}, {"metric": "val_loss",
                                                                        "best_value": None})
+
+
+def test_the_margin_over_the_linear_probe():
+    assert metrics.probe_margin({"accuracy": 0.99}, {"logistic_regression_accuracy": 0.986}) \
+        == pytest.approx(0.004)
+    assert metrics.probe_margin({"accuracy": 0.9}, {"logistic_regression_accuracy": 0.95}) < 0

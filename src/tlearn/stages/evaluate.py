@@ -54,7 +54,14 @@ def run(cfg: Config) -> dict:
                 test.labels, metrics.predict_probabilities(model, test.images.batches(),
                                                            cfg.evaluate.tta), labels)
     report = metrics.evaluation_report(reports, cfg.evaluate.tta)
-    report["comparison"] = metrics.comparison(read_json(BASELINES.report), report)
+    baselines = read_json(BASELINES.report)
+    report["comparison"] = metrics.comparison(baselines, report)
+    report["margin_over_probe"] = metrics.probe_margin(report, baselines)
+    if report["margin_over_probe"] < 0:
+        log.warning("evaluate: the fine-tuned model (%.4f) is below the linear probe, a "
+                    "logistic regression on the frozen features (%.4f): try another preset, "
+                    "fewer unfrozen layers or a lower finetune.learning_rate",
+                    report["accuracy"], baselines["logistic_regression_accuracy"])
     write_json(REPORT, report)
     write_json(HEADLINE, metrics.headline(report, read_json(TRAIN_HEAD.report),
                                           read_json(FINETUNE.report), read_json(TUNE.report)))
