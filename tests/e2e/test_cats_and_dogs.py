@@ -21,13 +21,14 @@ BIN = Path(sys.executable).parent
 OVERRIDES = {
     "data.source": str(CATS_AND_DOGS),
     "prepare.image_size": 160,
-    "augment.copies": 1,
+    "augment.copies": 0,      # no cached copies: the fine-tune still flips on the fly
     "augment.horizontal_flip": "true",
     "augment.rotation": 0.05,
     "finetune.unfreeze": 30,
     "finetune.learning_rate": 0.0001,
     "finetune.epochs": 3,
     "tune.n_trials": 5,
+    "evaluate.tta": "none",  # the slow test below measures TTA
 }
 PHOTOS_PRESET = {"data.source": str(CATS_AND_DOGS)}  # everything else from params.yaml
 STAGES = ("download", "prepare", "augment", "features", "baselines", "tune", "train_head",

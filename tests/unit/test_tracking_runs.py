@@ -103,7 +103,8 @@ def test_a_stage_alone_is_a_top_level_run_and_a_stray_run_id_captures_nothing(
     assert run.data.params["data.source"] == str(source)
     assert set(run.data.params) == {"data.source", "data.sha256", "data.max_expansion",
                                     "data.max_extracted_mb"}
-    assert run.data.metrics == {"download.n_files": 16.0, "download.n_classes": 2.0}
+    assert run.data.metrics == {"download.n_files": 16.0, "download.n_classes": 2.0,
+                                "download.linked": 16.0, "download.copied": 0.0}
     assert len(run.data.tags["data.sha256"]) == 64
     assert [a.path for a in client.list_artifacts(run.info.run_id, "data/raw")] == [
         "data/raw/manifest.json"]
