@@ -141,10 +141,11 @@ def test_new_images_retrain_and_the_decision_follows_mcnemar(project):
     p_value = float(row["p_value"])
     assert promoted == (float(row["difference"]) > 0 and p_value < 0.05)
     assert aliases_of(client(project))["champion"] == ("2" if promoted else "1")
-    print(f"new images: {proc.stdout.strip()}")
+    decision = proc.stdout.strip().splitlines()[-1]  # after DVC's own output
+    print(f"new images: {decision}")
     log = subprocess.run(["git", "log", "-1", "--format=%s", "--", "dvc.lock"], cwd=project,
                          capture_output=True, text=True).stdout
-    assert log.strip() == f"tlearn retrain: {proc.stdout.strip()}"  # --commit
+    assert log.strip() == f"tlearn retrain: {decision}"  # --commit
 
 
 def test_dvc_push_then_pull_in_a_fresh_clone_gives_the_same_models(project, tmp_path):
@@ -185,7 +186,7 @@ def test_a_worse_challenger_is_not_promoted_and_says_why(project):
     try:
         proc = retrain(project)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        print(f"worse challenger: {proc.stdout.strip()}")
+        print(f"worse challenger: {proc.stdout.strip().splitlines()[-1]}")
         row = history(project)[-1]
         assert row["outcome"] == "kept" and row["reason"].startswith("not better: -")
         assert aliases_of(client(project))["champion"] == champion
