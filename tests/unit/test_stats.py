@@ -13,6 +13,7 @@ from tlearn.stats import Paired, Rule, mcnemar_exact, wilson_interval
 def test_wilson_interval_known_values():
     assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     low, high = wilson_interval(267, 269)  # the digits' test split, 2 mistakes
     assert low == pytest.approx(0.9733, abs=1e-4) and high == pytest.approx(0.9980, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
