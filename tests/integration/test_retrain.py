@@ -2,7 +2,8 @@
 a local folder source), one scenario after another on the same project: the first
 champion, a run with nothing to do, the lock, the data gate, new images, a worse
 challenger, and a retrain SIGKILLed during finetune. The last two are marked slow
-(`make test-slow`, ~2 min more): they make their own champion when run alone."""
+(`make test-slow`, ~2 min more): they make their own champion when run alone. So is a
+significantly better challenger's promotion, on a project of its own (~4 min)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,28 @@ def champion_of(project: Path) -> str:
     if "champion" not in aliases:
         assert retrain(project).returncode == 0
     return aliases_of(client(project))["champion"]
+
+
+@pytest.mark.slow
+def test_a_significantly_better_challenger_is_promoted(tmp_path):
+    source = colour_images(tmp_path / "source")
+    add_images(source, seed=3, per_class=25)  # 40 per class: ~18 test images
+    project = make_project(tmp_path / "project", source)
+    params = (project / "params.yaml").read_text()
+    for dotted, value in {"head.learning_rate": 1e-7, "head.epochs": 1,  # learns nothing
+                          "finetune.learning_rate": 1e-7, "retrain.min_accuracy": 0.0}.items():
+        set_param(project, dotted, value)
+    first = retrain(project)
+    assert first.returncode == 0 and aliases_of(client(project))["champion"] == "1", \
+        first.stderr[-3000:]
+    (project / "params.yaml").write_text(params)  # the real settings: a challenger
+    proc = retrain(project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"better challenger: {proc.stdout.strip().splitlines()[-1]}")
+    row = history(project)[-1]
+    assert "train_head" in row["changed"]  # params changed: DVC reruns from the head
+    assert row["outcome"] == "promoted" and float(row["p_value"]) < 0.05, row
+    assert aliases_of(client(project))["champion"] == "2"
 
 
 @pytest.mark.slow
