@@ -12,7 +12,7 @@ unexport MLFLOW_RUN_ID
 help:
 	@echo "make run        build .venv, then the DVC pipeline on params.yaml as one MLflow run (tlearn run)"
 	@echo "make test       build .venv, then the test suite (what CI runs)"
-	@echo "make test-slow  the tests marked slow (the four largest Keras backbones, the photos preset end to end)"
+	@echo "make test-slow  the tests marked slow (largest backbones, photos preset end to end, retrain scenarios)"
 	@echo "make bench      speed, memory and scale figures, printed and in reports/bench.json"
 	@echo "make bench-race tlearn against the plain Keras recipe (the recipe alone: ~30 min)"
 	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"

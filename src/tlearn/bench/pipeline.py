@@ -97,7 +97,7 @@ def main() -> dict:
     figures = run_pipeline(project)
     photos = sorted((common.CATS_AND_DOGS / "test" / "cats").glob("*.jpg"))[:32]
     figures["predict"] = predict_latency(project, photos)
-    common.save("pipeline", figures)
+    common.save("pipeline", {**figures, "project": str(project)})  # the serve bench's model
     rows = [(name, f"{s['seconds']:.0f}", f"{s['peak_rss_mb']:.0f}")
             for name, s in figures["stages"].items()]
     print(common.table("Whole pipeline, cats vs dogs (4,000 photos), preset photos "

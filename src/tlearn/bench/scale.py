@@ -19,8 +19,11 @@ from tlearn.bench import common
 
 SPLITS = {"train": 1000, "validation": 500, "test": 500}  # per class, as cats vs dogs
 CLASSES = ("circles", "stripes")
-STAGES = ("download", "prepare", "augment", "features", "train_head", "finetune", "evaluate")
-PARAMS = {"prepare.image_size": 64, "augment.copies": 1, "finetune.epochs": 1}
+STAGES = ("download", "prepare", "augment", "features", "baselines", "tune", "train_head",
+          "finetune", "evaluate")
+# tune with no trials writes params.yaml's head for train_head as it is
+PARAMS = {"prepare.image_size": 64, "augment.copies": 1, "finetune.epochs": 1,
+          "tune.n_trials": 0}
 
 
 def _photo(job: tuple[Path, str, int]) -> None:

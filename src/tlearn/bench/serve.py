@@ -1,6 +1,7 @@
-"""Serving latency of the pipeline's model under ``mlflow models serve``, printed.
+"""Serving latency of a trained model under ``mlflow models serve``, printed and saved.
 
-``models/model.keras`` (from ``make run``) is logged as tlearn logs it into a scratch
+The model the pipeline benchmark just trained on the cats-vs-dogs photos, else
+``models/model.keras`` (from ``make run``), is logged as tlearn logs it into a scratch
 MLflow store and served with ``mlflow models serve --env-manager local`` on 127.0.0.1, one
 worker. Timed: one raw JPEG per request (``dataframe_split``, base64), 32 JPEGs per
 request, and the same as prepared float tensors (``inputs``); the median of several
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tlearn.bench import common
 from tlearn.io import read_json
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = common.REPO
 MODEL = REPO / "models" / "model.keras"
 PHOTOS = REPO.parent / "shared" / "datasets" / "cats_and_dogs" / "test" / "cats"
 BATCH = 32
@@ -155,7 +157,17 @@ def _jpeg_files() -> list[bytes]:
     return files
 
 
-def bench_serving() -> None:
+def model_to_serve() -> Path | None:
+    """The pipeline benchmark's model (it records its project in reports/bench.json), else
+    make run's, else None."""
+    report = read_json(common.BENCH_JSON) if common.BENCH_JSON.is_file() else {}
+    project = report.get("pipeline", {}).get("project")
+    if project and (Path(project) / "models" / "model.keras").is_file():
+        return Path(project) / "models" / "model.keras"
+    return MODEL if MODEL.is_file() else None
+
+
+def bench_serving(model: Path) -> None:
     import mlflow
 
     from tlearn.predict import load_image
@@ -167,13 +179,13 @@ def bench_serving() -> None:
         quiet_mlflow()
         tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
         mlflow.set_tracking_uri(tracking_uri)
-        preprocess = read_json(MODEL.with_name("preprocess.json"))
+        preprocess = read_json(model.with_name("preprocess.json"))
         size, resize_mode = int(preprocess["image_size"]), preprocess["resize_mode"]
         files = _jpeg_files()
         # the same photos prepared as tlearn predict prepares them: the tensor payloads
         pixels = np.stack([load_image(data, size, resize_mode) for data in files])
         with mlflow.start_run():
-            info = log_model(MODEL, "model", read_json(MODEL.with_name("labels.json")),
+            info = log_model(model, "model", read_json(model.with_name("labels.json")),
                              resize_mode, pixels[:2].astype(np.uint8))
         with ModelServer(info.model_uri, tracking_uri, work / "server.log") as server:
             one_jpeg = median_ms(lambda: server.invoke(images_payload(files[:1])), SINGLE_REQUESTS)
@@ -184,7 +196,10 @@ def bench_serving() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     jpeg_kb = statistics.median(len(f) for f in files) / 1000
-    print(f"serve     {MODEL.relative_to(REPO)} at {size} px under mlflow models serve "
+    common.save("serve", {"model": str(model), "image_size": size, "jpeg_kb": round(jpeg_kb, 1),
+                          "ms": {"jpeg_1": one_jpeg, f"jpeg_{BATCH}": batch_jpeg,
+                                 "tensor_1": one_tensor, f"tensor_{BATCH}": batch_tensor}})
+    print(f"serve     {model} at {size} px under mlflow models serve "
           f"(1 worker), median of {SINGLE_REQUESTS} / {BATCH_REQUESTS} requests")
     print(f"          raw JPEG (~{jpeg_kb:.0f} KB, base64)  1 image {one_jpeg:7.0f} ms   "
           f"{BATCH} images {batch_jpeg:7.0f} ms ({batch_jpeg / BATCH:.0f} ms/image)")
@@ -193,10 +208,12 @@ def bench_serving() -> None:
 
 
 def main() -> None:
-    if not MODEL.is_file():
-        print(f"serve     skipped: {MODEL.relative_to(REPO)} not found (make run first)")
+    model = model_to_serve()
+    if model is None:
+        print(f"serve     skipped: no model (the pipeline benchmark's, or {MODEL.relative_to(REPO)}"
+              f" from make run)")
         return
-    bench_serving()
+    bench_serving(model)
 
 
 if __name__ == "__main__":
