@@ -54,6 +54,7 @@ def features_ratio(split: Path, work: Path) -> dict:
         features.extract(extractor, SplitReader(split), target, FEATURE_BATCH)
         return N_IMAGES / (time.perf_counter() - started)
 
+    model_only(), stage_path()  # warm-up passes: oneDNN settles over the first batches
     model, stage = common.repeat(model_only, 3), common.repeat(stage_path, 3)
     return {"model_images_per_second": model, "stage_images_per_second": stage,
             "ratio": round(stage["median"] / model["median"], 3)}
