@@ -22,7 +22,8 @@ DESCRIPTION = ("tlearn: transfer learning for image classification. One subcomma
                "stage, plus the tools.")
 EXIT_CODES = ("exit codes: 0 success, 1 partial failure (some images could not be predicted), "
               "2 bad input, 3 the MLflow tracking store does not answer (or tlearn retrain "
-              "is already running), 130 interrupted; tlearn run exits with DVC's code.")
+              "is already running), 130 interrupted; tlearn run exits with the failed stage's "
+              "code (DVC's own when DVC itself fails).")
 
 
 def main(argv: list[str] | None = None) -> int:

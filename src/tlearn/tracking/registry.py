@@ -192,7 +192,7 @@ def champion_summary(settings: Settings, cfg: Config) -> str:
         found = store.client.search_registered_models(f"name = '{name}'")
         version = dict(found[0].aliases or {}).get(CHAMPION) if found else None
         if version is None:
-            return "none yet"
+            return "none yet (`tlearn promote` makes the latest challenger champion)"
         accuracy = store.client.get_model_version(name, version).tags.get("test_accuracy")
         return f"{name} v{version} (test accuracy {float(accuracy):.4f})"
     return "unknown (the tracking store failed)"
