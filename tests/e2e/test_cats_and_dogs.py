@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED
+from tlearn import stages
 
 CATS_AND_DOGS = SHARED / "datasets" / "cats_and_dogs"
 BIN = Path(sys.executable).parent
@@ -31,8 +32,7 @@ OVERRIDES = {
     "evaluate.tta": "none",  # the slow test below measures TTA
 }
 PHOTOS_PRESET = {"data.source": str(CATS_AND_DOGS)}  # everything else from params.yaml
-STAGES = ("download", "prepare", "augment", "features", "baselines", "tune", "train_head",
-          "finetune", "evaluate")
+STAGES = tuple(stages.all_stages())  # every stage, in pipeline order
 
 pytestmark = [
     pytest.mark.e2e,

@@ -165,6 +165,9 @@ def test_dvc_push_then_pull_in_a_fresh_clone_gives_the_same_models(project, tmp_
         assert file_digest(tmp_path / "clone" / name) == file_digest(project / name), name
 
 
+LEARNS_NOTHING = {"head.learning_rate": 1e-7, "head.epochs": 1}  # a head at chance level
+
+
 def champion_of(project: Path) -> str:
     """The champion's version; the first retrain makes one when there is none yet."""
     from mlflow.exceptions import MlflowException
@@ -184,8 +187,8 @@ def test_a_significantly_better_challenger_is_promoted(tmp_path):
     add_images(source, seed=3, per_class=25)  # 40 per class: ~18 test images
     project = make_project(tmp_path / "project", source)
     params = (project / "params.yaml").read_text()
-    for dotted, value in {"head.learning_rate": 1e-7, "head.epochs": 1,  # learns nothing
-                          "finetune.learning_rate": 1e-7, "retrain.min_accuracy": 0.0}.items():
+    for dotted, value in {**LEARNS_NOTHING, "finetune.learning_rate": 1e-7,
+                          "retrain.min_accuracy": 0.0}.items():
         set_param(project, dotted, value)
     first = retrain(project)
     assert first.returncode == 0 and aliases_of(client(project))["champion"] == "1", \
@@ -204,8 +207,8 @@ def test_a_significantly_better_challenger_is_promoted(tmp_path):
 def test_a_worse_challenger_is_not_promoted_and_says_why(project):
     champion = champion_of(project)
     params = (project / "params.yaml").read_text()
-    set_param(project, "head.learning_rate", 1e-7)  # a head that learns nothing
-    set_param(project, "head.epochs", 1)
+    for dotted, value in LEARNS_NOTHING.items():
+        set_param(project, dotted, value)
     try:
         proc = retrain(project)
         assert proc.returncode == 0, proc.stderr[-3000:]

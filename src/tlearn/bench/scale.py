@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tlearn import stages
 from tlearn.bench import common
 
 SPLITS = {"train": 1000, "validation": 500, "test": 500}  # per class, as cats vs dogs
 CLASSES = ("circles", "stripes")
-STAGES = ("download", "prepare", "augment", "features", "baselines", "tune", "train_head",
-          "finetune", "evaluate")
+STAGES = tuple(stages.all_stages())  # every stage, in pipeline order
 # tune with no trials writes params.yaml's head for train_head as it is
 PARAMS = {"prepare.image_size": 64, "augment.copies": 1, "finetune.epochs": 1,
           "tune.n_trials": 0}

@@ -37,7 +37,7 @@ from tlearn.io import read_json
 
 REPO = common.REPO
 MODEL = REPO / "models" / "model.keras"
-PHOTOS = REPO.parent / "shared" / "datasets" / "cats_and_dogs" / "test" / "cats"
+PHOTOS = common.CATS_AND_DOGS / "test" / "cats"
 BATCH = 32
 SINGLE_REQUESTS, BATCH_REQUESTS = 15, 5
 
