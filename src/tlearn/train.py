@@ -94,7 +94,7 @@ class EarlyStopping:
 
 
 def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
-               validation: tf.data.Dataset | ImageBatches,
+               validation: tf.data.Dataset | ImageBatches | Arrays,
                epochs: int, patience: int, first_epoch: int = 1,
                checkpoint: Checkpoint | None = None,
                class_weight: dict[int, float] | None = None,
@@ -121,9 +121,7 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
     elif keep_start:
         # The start competes with the epochs only at the end: early stopping counts from
         # the first epoch, as a fine-tune often gets worse before it gets better.
-        measured = model.evaluate(validation, verbose=0, return_dict=True)
-        before = {"val_loss": float(measured["loss"]),
-                  "val_accuracy": float(measured["accuracy"])}
+        before = validate(model, validation)
         log.info("start: val_loss %.4f val_accuracy %.4f", before["val_loss"],
                  before["val_accuracy"])
         if checkpoint:
@@ -138,10 +136,10 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
             train.set_epoch(i)
         if seed is not None:
             reseed_layers(model, seed, i)
-        result = model.fit(train, validation_data=validation, epochs=i + 1, initial_epoch=i,
-                           class_weight=class_weight, shuffle=False, verbose=int(progress_bar))
-        row = {"epoch": first_epoch + i,
-               **{k: float(result.history[k][-1]) for k in HISTORY_KEYS}}
+        result = model.fit(train, epochs=i + 1, initial_epoch=i, class_weight=class_weight,
+                           shuffle=False, verbose=int(progress_bar))
+        row = {"epoch": first_epoch + i, "loss": float(result.history["loss"][-1]),
+               "accuracy": float(result.history["accuracy"][-1]), **validate(model, validation)}
         log.info("epoch %d (%d/%d): %s", row["epoch"], i + 1, epochs,
                  " ".join(f"{k} {row[k]:.4f}" for k in HISTORY_KEYS))
         history.append(row)
@@ -168,6 +166,25 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
     if best_epoch >= first_epoch:
         log.info("best epoch %d (val_loss %.4f)", best_epoch, stopper.best_loss)
     return Trained(model, history, best_epoch, before)
+
+
+class Arrays(NamedTuple):
+    """Validation data in memory (features, one-hot labels), scored by calling the model
+    on it: tracing Keras' evaluation function costs a head's trial more than its epochs."""
+    x: np.ndarray
+    y: np.ndarray
+
+
+def validate(model: keras.Model, validation: tf.data.Dataset | ImageBatches | Arrays) -> dict:
+    """Validation loss (the compiled loss) and accuracy of ``model``."""
+    if not isinstance(validation, Arrays):
+        measured = model.evaluate(validation, verbose=0, return_dict=True)
+        return {"val_loss": float(measured["loss"]), "val_accuracy": float(measured["accuracy"])}
+    chunk = 4096  # bounds the activations of a large validation set
+    probabilities = np.concatenate([model(validation.x[i:i + chunk], training=False)
+                                    for i in range(0, len(validation.x), chunk)])
+    return {"val_loss": float(model.loss(validation.y, probabilities)),
+            "val_accuracy": float(np.mean(probabilities.argmax(1) == validation.y.argmax(1)))}
 
 
 def reseed_layers(model: keras.Model, seed: int, epoch: int) -> None:
@@ -229,7 +246,7 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
     head, history, *_ = fit_epochs(
         head,
         array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),
-        array_dataset(validation.x, one_hot(validation.y, n_classes), params.batch_size),
+        Arrays(validation.x, one_hot(validation.y, n_classes)),
         epochs=params.epochs, patience=params.patience, on_epoch=on_epoch, seed=seed,
         class_weight=class_weights(train.y, n_classes, params.class_weight))
     return head, history

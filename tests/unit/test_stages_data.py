@@ -178,6 +178,49 @@ def test_zero_copies_and_no_op_augmentation(augmentation, pictures):
     assert np.array_equal(out, np.concatenate([pictures, pictures]))
 
 
+def test_one_affine_transform_does_what_each_range_says(augmentation):
+    """Flips, rotation, zoom and shift compose into one transform per image, drawn from
+    the generator passed in: the same generator state gives the same transforms."""
+    def rows(rng_seed=0, **ranges):
+        none = dict(rotation=0.0, translation=0.0, zoom=0.0, contrast=0.0,
+                    horizontal_flip=False, vertical_flip=False)
+        augmenter = augmentation.Augmenter(_augment_cfg(**(none | ranges)))
+        return augmenter.transforms(400, 20, 30, np.random.default_rng(rng_seed))
+
+    assert rows() is None  # no geometry: the images are not resampled
+    shift = rows(translation=0.1)
+    assert np.allclose(shift[:, [0, 1, 3, 4]], [1, 0, 0, 1])  # a pure shift
+    assert np.abs(shift[:, 2]).max() <= 3 and np.abs(shift[:, 5]).max() <= 2  # 10% of 30 x 20
+    assert np.abs(shift[:, 2]).max() > 2.5  # the range is used
+    flips = rows(horizontal_flip=True)
+    assert set(np.round(flips[:, 0], 6)) == {-1.0, 1.0}
+    mirrored = flips[flips[:, 0] < 0]
+    assert np.allclose(mirrored[:, 2], 29)  # x -> 29 - x
+    turned = rows(rotation=0.05, zoom=0.1)
+    scale = np.hypot(turned[:, 0], turned[:, 3])
+    angle = np.arctan2(turned[:, 3], turned[:, 0])
+    assert 0.9 <= scale.min() and scale.max() <= 1.1 and scale.max() - scale.min() > 0.15
+    assert np.abs(angle).max() <= 0.05 * 2 * np.pi + 1e-6
+    # the centre (14.5, 9.5) maps to itself under rotation and zoom about it
+    centre = turned[:, 0] * 14.5 + turned[:, 1] * 9.5 + turned[:, 2]
+    assert np.allclose(centre, 14.5, atol=1e-4)
+    assert np.array_equal(rows(rotation=0.05, zoom=0.1), turned)
+    assert not np.array_equal(rows(1, rotation=0.05, zoom=0.1), turned)
+
+
+def test_contrast_keeps_each_channels_mean(augmentation):
+    rng = np.random.default_rng(0)
+    images = rng.integers(64, 192, (6, 8, 8, 3), dtype=np.uint8)
+    augmenter = augmentation.Augmenter(_augment_cfg(
+        rotation=0.0, translation=0.0, zoom=0.0, contrast=0.3, horizontal_flip=False,
+        vertical_flip=False))
+    out = augmenter(images, np.random.default_rng(1))
+    assert out.dtype == np.uint8
+    assert np.allclose(out.mean(axis=(1, 2)), images.mean(axis=(1, 2)), atol=0.5)  # rounding
+    spread = out.std(axis=(1, 2)) / images.std(axis=(1, 2))
+    assert 0.7 <= spread.min() and spread.max() <= 1.3 and spread.max() - spread.min() > 0.05
+
+
 def _write_prepared_train(n: int = 10, size: int = 16) -> Split:
     rng = np.random.default_rng(1)
     train = Split(images=rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8),

@@ -81,6 +81,20 @@ def tiny_model() -> keras.Model:
     return model
 
 
+def test_in_memory_validation_scores_as_keras_evaluate():
+    """A head's validation is one call of the model on the arrays (no traced evaluation
+    function): the same loss, label smoothing included, and accuracy as model.evaluate."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8)).astype("float32")
+    y = train.one_hot(rng.integers(0, 2, 300), 2)
+    model = tiny_model()
+    train.compile_classifier(model, train.make_optimizer("adam", 0.05), label_smoothing=0.1)
+    in_memory = train.validate(model, train.Arrays(x, y))
+    evaluated = train.validate(model, train.array_dataset(x, y, 64))
+    assert in_memory == pytest.approx(evaluated, abs=1e-6)
+    assert in_memory["val_loss"] > 0.05  # smoothing keeps the loss off zero
+
+
 def test_checkpoint_resumes_after_a_crash(tmp_path):
     keras.utils.set_random_seed(0)
     data, val = tiny_problem()

@@ -1,4 +1,12 @@
-"""Seeded image augmentation with Keras preprocessing layers (the ``augment`` params)."""
+"""Seeded image augmentation (the ``augment`` params): flips, rotation, translation and
+zoom as one affine transform per image, then contrast.
+
+One resampling of the batch instead of one per Keras preprocessing layer (RandomFlip,
+RandomRotation, RandomTranslation, RandomZoom each resample the whole batch): at 224 px a
+fine-tune batch's augmentation costs a third. The ranges mean what they mean for those
+layers. Every random draw comes from a numpy generator the caller passes, so a batch's
+augmentation depends on its seed alone, not on which thread made it or what came before.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +18,59 @@ import numpy as np
 from tlearn.config import AugmentParams
 
 
-def build_augmenter(cfg: AugmentParams, seed: int) -> keras.Sequential:
-    """Rotation, translation, zoom, contrast and flips as one Sequential, active only
-    when called with ``training=True`` (Keras semantics). Ranges of 0 leave a layer out."""
-    layers: list[keras.layers.Layer] = []
-    flip = {(True, True): "horizontal_and_vertical", (True, False): "horizontal",
-            (False, True): "vertical"}.get((cfg.horizontal_flip, cfg.vertical_flip))
-    if flip:
-        layers.append(keras.layers.RandomFlip(flip, seed=seed))
-    if cfg.rotation:
-        layers.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="reflect", seed=seed + 1))
-    if cfg.translation:
-        layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation,
-                                                     fill_mode="reflect", seed=seed + 2))
-    if cfg.zoom:
-        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="reflect", seed=seed + 3))
-    if cfg.contrast:
-        layers.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 4))
-    return keras.Sequential(layers, name="augmentation")
+class Augmenter:
+    """``augmenter(images, rng)``: uint8 images (N, H, W, 3) augmented, still uint8 (a
+    quarter of the bytes of float32 to resample and to pass to the training step)."""
+
+    def __init__(self, cfg: AugmentParams):
+        self.cfg = cfg
+
+    @property
+    def active(self) -> bool:
+        """False when every range is 0 and no flip is on: images pass through unchanged."""
+        cfg = self.cfg
+        return bool(cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation
+                    or cfg.translation or cfg.zoom or cfg.contrast)
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not self.active:
+            return images
+        transforms = self.transforms(len(images), images.shape[1], images.shape[2], rng)
+        if transforms is not None:
+            images = keras.ops.convert_to_numpy(keras.ops.image.affine_transform(
+                images, transforms, interpolation="bilinear", fill_mode="reflect"))
+        if self.cfg.contrast:
+            # As keras.layers.RandomContrast: (x - mean) * factor + mean, per image and channel.
+            factor = rng.uniform(1 - self.cfg.contrast, 1 + self.cfg.contrast, (len(images), 1, 1, 1))
+            pixels = images.astype("float32")
+            mean = pixels.mean(axis=(1, 2), keepdims=True)
+            pixels = (pixels - mean) * factor.astype("float32") + mean
+            images = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+        return images
+
+    def transforms(self, n: int, height: int, width: int,
+                   rng: np.random.Generator) -> np.ndarray | None:
+        """Rows ``[a0, a1, a2, b0, b1, b2, 0, 0]`` mapping each output pixel (x, y) to the
+        input pixel it samples (``keras.ops.image.affine_transform``); None: no geometry.
+        About the image centre: flip, then zoom, then rotate, then shift."""
+        cfg = self.cfg
+        if not (cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation or cfg.translation
+                or cfg.zoom):
+            return None
+        flip_x = np.where(cfg.horizontal_flip & (rng.random(n) < 0.5), -1.0, 1.0)
+        flip_y = np.where(cfg.vertical_flip & (rng.random(n) < 0.5), -1.0, 1.0)
+        angle = rng.uniform(-cfg.rotation, cfg.rotation, n) * 2 * np.pi  # fraction of a turn
+        scale = 1 + rng.uniform(-cfg.zoom, cfg.zoom, n)                   # > 1 zooms out
+        shift_x = rng.uniform(-cfg.translation, cfg.translation, n) * width
+        shift_y = rng.uniform(-cfg.translation, cfg.translation, n) * height
+        cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+        a0, a1 = cos * flip_x, -sin * flip_y
+        b0, b1 = sin * flip_x, cos * flip_y
+        cx, cy = (width - 1) / 2, (height - 1) / 2
+        a2 = cx - a0 * cx - a1 * cy + shift_x
+        b2 = cy - b0 * cx - b1 * cy + shift_y
+        zeros = np.zeros(n)
+        return np.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1).astype("float32")
 
 
 def augmented_copies(batches: Callable[[], Iterable[np.ndarray]], cfg: AugmentParams,
@@ -35,11 +78,8 @@ def augmented_copies(batches: Callable[[], Iterable[np.ndarray]], cfg: AugmentPa
     """``cfg.copies`` augmented versions of every image, copy-major: all of copy 0 batch by
     batch, then copy 1, ... (``batches()`` starts a new pass over the images each time).
     Same seed and input give the same bytes."""
+    augmenter = Augmenter(cfg)
     for copy in range(cfg.copies):
-        # A fresh augmenter per copy with its own seed keeps each copy reproducible on its own.
-        augmenter = build_augmenter(cfg, seed=seed + 1000 * copy)
+        rng = np.random.default_rng([seed, copy])  # each copy reproducible on its own
         for images in batches():
-            batch = images.astype("float32")
-            if augmenter.layers:  # every range 0 and no flips: copies are the originals
-                batch = keras.ops.convert_to_numpy(augmenter(batch, training=True))
-            yield np.clip(np.round(batch), 0, 255).astype(np.uint8)
+            yield augmenter(images, rng)

@@ -1,7 +1,8 @@
 """Training batches straight from a split on disk: shuffled by a seed and the epoch
-number, augmented per batch, one-hot labels. Batches are made in order in the training
-thread: the random draws then depend on the seed and the epoch alone, so a resumed run
-sees exactly what an uninterrupted one would."""
+number, augmented per batch, one-hot labels. A batch's random draws depend on the seed,
+the epoch and its index alone, so a resumed run sees exactly what an uninterrupted one
+would, whichever thread makes the batch (tf.data makes the next ones while the model
+trains)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import keras
 import numpy as np
 
 from tlearn.config import AugmentParams
-from tlearn.data.augmentation import build_augmenter
+from tlearn.data.augmentation import Augmenter
 from tlearn.data.store import SplitReader
 
 
@@ -23,19 +24,16 @@ class ImageBatches(keras.utils.PyDataset):
                  seed: int | None = None, augment: AugmentParams | None = None):
         super().__init__()
         self.split, self.n_classes, self.batch_size = split, n_classes, batch_size
-        self.seed, self.augment = seed, augment
+        self.seed = seed
+        self.augmenter = Augmenter(augment) if augment is not None else None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's order and augmentation (from the seed and ``epoch`` alone)."""
         n = len(self.split)
-        if self.seed is None:
-            self.order = np.arange(n)
-            self.augmenter = None
-            return
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        self.augmenter = (build_augmenter(self.augment, seed=self.seed + 7919 * epoch)
-                          if self.augment is not None else None)
+        self.epoch = epoch
+        self.order = (np.arange(n) if self.seed is None
+                      else np.random.default_rng([self.seed, epoch]).permutation(n))
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -46,8 +44,8 @@ class ImageBatches(keras.utils.PyDataset):
         ascending = np.argsort(rows, kind="stable")
         images = np.empty((len(rows), *self.split.image_shape), np.uint8)
         images[ascending] = self.split.images.take(rows[ascending])
+        if self.seed is not None and self.augmenter is not None:
+            images = self.augmenter(images, np.random.default_rng([self.seed, self.epoch, index]))
         x = images.astype("float32")
-        if self.augmenter is not None and self.augmenter.layers:
-            x = keras.ops.convert_to_numpy(self.augmenter(x, training=True))
         y = np.eye(self.n_classes, dtype="float32")[self.split.labels[rows]]
         return x, y
