@@ -93,8 +93,32 @@ class EarlyStopping:
         return self.wait > 0 and self.wait >= self.patience
 
 
+class InMemory(NamedTuple):
+    """Validation data in memory (features, one-hot labels), scored by calling the model
+    on it: tracing Keras' evaluation function costs a head's trial more than its epochs."""
+    x: np.ndarray
+    y: np.ndarray
+
+
+def validate(model: keras.Model, validation: tf.data.Dataset | ImageBatches | InMemory) -> dict:
+    """Validation loss (the compiled loss; the models here have no regularisation losses)
+    and accuracy of ``model``, as ``model.evaluate`` gives them."""
+    if not isinstance(validation, InMemory):
+        measured = model.evaluate(validation, verbose=0, return_dict=True)
+        return {"val_loss": float(measured["loss"]), "val_accuracy": float(measured["accuracy"])}
+    chunk, loss, correct, n = 4096, 0.0, 0, len(validation.x)  # chunks bound the activations
+    for i in range(0, n, chunk):
+        x, y = validation.x[i:i + chunk], validation.y[i:i + chunk]
+        # The loss on the output tensor itself: Keras computes it from the softmax's logits
+        # there, as evaluate does, not from probabilities clipped at 1e-7.
+        probabilities = model(x, training=False)
+        loss += float(model.loss(y, probabilities)) * len(x)
+        correct += int(np.sum(np.argmax(probabilities, axis=1) == y.argmax(1)))
+    return {"val_loss": loss / n, "val_accuracy": correct / n}
+
+
 def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
-               validation: tf.data.Dataset | ImageBatches | Arrays,
+               validation: tf.data.Dataset | ImageBatches | InMemory,
                epochs: int, patience: int, first_epoch: int = 1,
                checkpoint: Checkpoint | None = None,
                class_weight: dict[int, float] | None = None,
@@ -102,6 +126,7 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
                keep_start: bool = False, seed: int | None = None) -> Trained:
     """Train one epoch at a time with early stopping; restore the best weights at the end.
 
+    ``validation``: batches scored with ``model.evaluate``, or :class:`InMemory` arrays.
     Epoch numbers start at ``first_epoch`` (the fine-tune continues the head's count).
     ``keep_start``: measure the model on validation before training and keep it as it
     is when no epoch beats it (a fine-tune then never ends worse than its start there).
@@ -168,25 +193,6 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
     return Trained(model, history, best_epoch, before)
 
 
-class Arrays(NamedTuple):
-    """Validation data in memory (features, one-hot labels), scored by calling the model
-    on it: tracing Keras' evaluation function costs a head's trial more than its epochs."""
-    x: np.ndarray
-    y: np.ndarray
-
-
-def validate(model: keras.Model, validation: tf.data.Dataset | ImageBatches | Arrays) -> dict:
-    """Validation loss (the compiled loss) and accuracy of ``model``."""
-    if not isinstance(validation, Arrays):
-        measured = model.evaluate(validation, verbose=0, return_dict=True)
-        return {"val_loss": float(measured["loss"]), "val_accuracy": float(measured["accuracy"])}
-    chunk = 4096  # bounds the activations of a large validation set
-    probabilities = np.concatenate([model(validation.x[i:i + chunk], training=False)
-                                    for i in range(0, len(validation.x), chunk)])
-    return {"val_loss": float(model.loss(validation.y, probabilities)),
-            "val_accuracy": float(np.mean(probabilities.argmax(1) == validation.y.argmax(1)))}
-
-
 def reseed_layers(model: keras.Model, seed: int, epoch: int) -> None:
     """Restart every random layer's generator (dropout) from ``seed`` and ``epoch``: a model
     loaded from a checkpoint draws its own seeds when it is built, not where it left off."""
@@ -213,16 +219,14 @@ def best_epoch_metrics(history: list[dict], start: dict | None = None,
             "best_epoch": best["epoch"]}
 
 
-def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None,
-                  transform: Callable | None = None) -> tf.data.Dataset:
-    """Float32 batches of (x, y); shuffled each epoch when ``seed`` is given; ``transform``
-    maps each batch of x (online augmentation). Images stay uint8 in memory until batched."""
-    transform = transform or (lambda batch: batch)
+def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int,
+                  seed: int | None = None) -> tf.data.Dataset:
+    """Float32 batches of (x, y); shuffled each epoch when ``seed`` is given. Images stay
+    uint8 in memory until batched."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if seed is not None:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    # Sequential map: random augmentation drawn in a fixed order keeps runs repeatable.
-    ds = ds.batch(batch_size).map(lambda a, b: (transform(tf.cast(a, tf.float32)), b))
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -246,7 +250,7 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
     head, history, *_ = fit_epochs(
         head,
         array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),
-        Arrays(validation.x, one_hot(validation.y, n_classes)),
+        InMemory(validation.x, one_hot(validation.y, n_classes)),
         epochs=params.epochs, patience=params.patience, on_epoch=on_epoch, seed=seed,
         class_weight=class_weights(train.y, n_classes, params.class_weight))
     return head, history

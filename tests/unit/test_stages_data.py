@@ -171,7 +171,7 @@ def test_copies_are_copy_major(augmentation, pictures):
 def test_zero_copies_and_no_op_augmentation(augmentation, pictures):
     empty = copies_of(augmentation, pictures, _augment_cfg(copies=0), seed=1)
     assert empty.shape == (0, 24, 24, 3) and empty.dtype == np.uint8
-    # every range 0 and no flips (valid params) used to crash on an empty Sequential
+    # every range 0 and no flips (valid params): the copies are the originals
     still = _augment_cfg(copies=2, rotation=0.0, translation=0.0, zoom=0.0, contrast=0.0,
                          horizontal_flip=False, vertical_flip=False)
     out = copies_of(augmentation, pictures, still, seed=1)

@@ -88,11 +88,19 @@ def test_in_memory_validation_scores_as_keras_evaluate():
     x = rng.normal(size=(300, 8)).astype("float32")
     y = train.one_hot(rng.integers(0, 2, 300), 2)
     model = tiny_model()
-    train.compile_classifier(model, train.make_optimizer("adam", 0.05), label_smoothing=0.1)
-    in_memory = train.validate(model, train.Arrays(x, y))
-    evaluated = train.validate(model, train.array_dataset(x, y, 64))
-    assert in_memory == pytest.approx(evaluated, abs=1e-6)
-    assert in_memory["val_loss"] > 0.05  # smoothing keeps the loss off zero
+    for smoothing in (0.0, 0.1):
+        train.compile_classifier(model, train.make_optimizer("adam", 0.05),
+                                 label_smoothing=smoothing)
+        in_memory = train.validate(model, train.InMemory(x, y))
+        evaluated = train.validate(model, train.array_dataset(x, y, 64))
+        assert in_memory == pytest.approx(evaluated, rel=1e-5)
+    # Confidently wrong: the loss comes from the logits, not from clipped probabilities.
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel * 200, bias])
+    in_memory = train.validate(model, train.InMemory(x, y))
+    assert in_memory == pytest.approx(train.validate(model, train.array_dataset(x, y, 64)),
+                                      rel=1e-5)
+    assert in_memory["val_loss"] > 20  # clipped at 1e-7 it could not pass 16.2
 
 
 def test_checkpoint_resumes_after_a_crash(tmp_path):

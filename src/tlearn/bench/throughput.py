@@ -5,8 +5,8 @@
 - fine-tune: training images per second through ``model.fit`` on tlearn's batches from
   disk (shuffled, augmented) against a bare train step on in-memory tensors, with the
   `photos` preset's unfrozen layers. A fit pass is an epoch of ``FIT_IMAGES`` (Keras'
-  start of an epoch, e.g. making two batches to learn their shapes, is spread over as
-  many batches as in a small real epoch; cats vs dogs has 125).
+  start of an epoch, e.g. making two batches to learn their shapes, is spread over 32
+  batches, a small real epoch; cats vs dogs' fine-tune has 63 of 32 photos).
 
 Each figure is the median of several passes. Speed depends on the machine and its load.
 """

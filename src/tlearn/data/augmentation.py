@@ -1,11 +1,15 @@
 """Seeded image augmentation (the ``augment`` params): flips, rotation, translation and
 zoom as one affine transform per image, then contrast.
 
-One resampling of the batch instead of one per Keras preprocessing layer (RandomFlip,
-RandomRotation, RandomTranslation, RandomZoom each resample the whole batch): at 224 px a
-fine-tune batch's augmentation costs a third. The ranges mean what they mean for those
-layers. Every random draw comes from a numpy generator the caller passes, so a batch's
-augmentation depends on its seed alone, not on which thread made it or what came before.
+One resampling of the batch instead of one per Keras preprocessing layer (RandomRotation,
+RandomTranslation and RandomZoom each resample the whole batch): at 224 px a fine-tune
+batch's augmentation costs a quarter. The ranges mean what they mean for those layers;
+each flip is drawn on its own (RandomFlip("horizontal_and_vertical") draws one for both).
+Images stay uint8 and are sampled at the nearest pixel, as torchvision's RandomAffine does
+by default: values stay exact (bilinear on uint8 truncates, darkening by half a level on
+average) at half bilinear's cost. Every random draw comes from a numpy generator the
+caller passes, so a batch's augmentation depends on its seed alone, not on which thread
+made it or what came before.
 """
 
 from __future__ import annotations
@@ -17,28 +21,22 @@ import numpy as np
 
 from tlearn.config import AugmentParams
 
+#: The first number after the seed in every generator's seed, one per use, so no two
+#: uses draw the same stream (numpy pads a shorter seed with zeros).
+ORDER, BATCH, COPY = 1, 2, 3
+
 
 class Augmenter:
-    """``augmenter(images, rng)``: uint8 images (N, H, W, 3) augmented, still uint8 (a
-    quarter of the bytes of float32 to resample and to pass to the training step)."""
+    """``augmenter(images, rng)``: uint8 images (N, H, W, 3) augmented, still uint8."""
 
     def __init__(self, cfg: AugmentParams):
         self.cfg = cfg
 
-    @property
-    def active(self) -> bool:
-        """False when every range is 0 and no flip is on: images pass through unchanged."""
-        cfg = self.cfg
-        return bool(cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation
-                    or cfg.translation or cfg.zoom or cfg.contrast)
-
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if not self.active:
-            return images
         transforms = self.transforms(len(images), images.shape[1], images.shape[2], rng)
         if transforms is not None:
             images = keras.ops.convert_to_numpy(keras.ops.image.affine_transform(
-                images, transforms, interpolation="bilinear", fill_mode="reflect"))
+                images, transforms, interpolation="nearest", fill_mode="reflect"))
         if self.cfg.contrast:
             # As keras.layers.RandomContrast: (x - mean) * factor + mean, per image and channel.
             factor = rng.uniform(1 - self.cfg.contrast, 1 + self.cfg.contrast, (len(images), 1, 1, 1))
@@ -50,22 +48,25 @@ class Augmenter:
 
     def transforms(self, n: int, height: int, width: int,
                    rng: np.random.Generator) -> np.ndarray | None:
-        """Rows ``[a0, a1, a2, b0, b1, b2, 0, 0]`` mapping each output pixel (x, y) to the
-        input pixel it samples (``keras.ops.image.affine_transform``); None: no geometry.
-        About the image centre: flip, then zoom, then rotate, then shift."""
+        """Rows ``[a0, a1, a2, b0, b1, b2, 0, 0]``, one per image, giving for each output
+        pixel (x, y) the input point it samples (``keras.ops.image.affine_transform``):
+        the pixel relative to the image centre, flipped, zoomed, rotated, then shifted.
+        None when there is no geometry to change (the images are not resampled)."""
         cfg = self.cfg
         if not (cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation or cfg.translation
                 or cfg.zoom):
             return None
+        # Every draw is made even when its range is 0, so the stream's layout is fixed.
         flip_x = np.where(cfg.horizontal_flip & (rng.random(n) < 0.5), -1.0, 1.0)
         flip_y = np.where(cfg.vertical_flip & (rng.random(n) < 0.5), -1.0, 1.0)
         angle = rng.uniform(-cfg.rotation, cfg.rotation, n) * 2 * np.pi  # fraction of a turn
-        scale = 1 + rng.uniform(-cfg.zoom, cfg.zoom, n)                   # > 1 zooms out
+        zoom = 1 + rng.uniform(-cfg.zoom, cfg.zoom, n)                    # > 1 zooms out
         shift_x = rng.uniform(-cfg.translation, cfg.translation, n) * width
         shift_y = rng.uniform(-cfg.translation, cfg.translation, n) * height
-        cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
-        a0, a1 = cos * flip_x, -sin * flip_y
-        b0, b1 = sin * flip_x, cos * flip_y
+        # The 2x2 part: rotation(angle) @ zoom @ flip.
+        zoom_cos, zoom_sin = zoom * np.cos(angle), zoom * np.sin(angle)
+        a0, a1 = zoom_cos * flip_x, -zoom_sin * flip_y
+        b0, b1 = zoom_sin * flip_x, zoom_cos * flip_y
         cx, cy = (width - 1) / 2, (height - 1) / 2
         a2 = cx - a0 * cx - a1 * cy + shift_x
         b2 = cy - b0 * cx - b1 * cy + shift_y
@@ -75,11 +76,11 @@ class Augmenter:
 
 def augmented_copies(batches: Callable[[], Iterable[np.ndarray]], cfg: AugmentParams,
                      seed: int) -> Iterator[np.ndarray]:
-    """``cfg.copies`` augmented versions of every image, copy-major: all of copy 0 batch by
-    batch, then copy 1, ... (``batches()`` starts a new pass over the images each time).
-    Same seed and input give the same bytes."""
+    """``cfg.copies`` augmented versions of every uint8 image, copy-major: all of copy 0
+    batch by batch, then copy 1, ... (``batches()`` starts a new pass over the images each
+    time). Same seed, images and batch size give the same bytes."""
     augmenter = Augmenter(cfg)
     for copy in range(cfg.copies):
-        rng = np.random.default_rng([seed, copy])  # each copy reproducible on its own
+        rng = np.random.default_rng([seed, COPY, copy])  # each copy reproducible on its own
         for images in batches():
             yield augmenter(images, rng)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tlearn.config import AugmentParams
-from tlearn.data.augmentation import Augmenter
+from tlearn.data.augmentation import BATCH, ORDER, Augmenter
 from tlearn.data.store import SplitReader
 
 
@@ -25,15 +25,16 @@ class ImageBatches(keras.utils.PyDataset):
         super().__init__()
         self.split, self.n_classes, self.batch_size = split, n_classes, batch_size
         self.seed = seed
-        self.augmenter = Augmenter(augment) if augment is not None else None
+        self.augmenter = Augmenter(augment) if seed is not None and augment is not None else None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's order and augmentation (from the seed and ``epoch`` alone)."""
+        """Draw this epoch's order (from the seed and ``epoch`` alone); each batch's
+        augmentation is drawn when the batch is made, from the seed, epoch and its index."""
         n = len(self.split)
         self.epoch = epoch
         self.order = (np.arange(n) if self.seed is None
-                      else np.random.default_rng([self.seed, epoch]).permutation(n))
+                      else np.random.default_rng([self.seed, ORDER, epoch]).permutation(n))
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -44,8 +45,9 @@ class ImageBatches(keras.utils.PyDataset):
         ascending = np.argsort(rows, kind="stable")
         images = np.empty((len(rows), *self.split.image_shape), np.uint8)
         images[ascending] = self.split.images.take(rows[ascending])
-        if self.seed is not None and self.augmenter is not None:
-            images = self.augmenter(images, np.random.default_rng([self.seed, self.epoch, index]))
+        if self.augmenter is not None:
+            rng = np.random.default_rng([self.seed, BATCH, self.epoch, index])
+            images = self.augmenter(images, rng)
         x = images.astype("float32")
         y = np.eye(self.n_classes, dtype="float32")[self.split.labels[rows]]
         return x, y
