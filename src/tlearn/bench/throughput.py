@@ -106,14 +106,15 @@ def finetune_ratio(split: Path) -> dict:
 
 
 def main() -> dict:
-    with tempfile.TemporaryDirectory(prefix="tlearn-bench-") as work:
-        figures = {"features": features_ratio(_images(Path(work) / "split", N_IMAGES), Path(work)),
-                   "finetune": finetune_ratio(_images(Path(work) / "fit", FIT_IMAGES))}
+    with tempfile.TemporaryDirectory(prefix="tlearn-bench-") as tmp:
+        work = Path(tmp)
+        figures = {"features": features_ratio(_images(work / "split", N_IMAGES), work),
+                   "finetune": finetune_ratio(_images(work / "fit", FIT_IMAGES))}
     common.save("throughput", figures)
     f, t = figures["features"], figures["finetune"]
-    print(common.table(f"Model-limit ratios, Lite0 at {SIZE} px (median of 3 passes of "
-                       f"{N_IMAGES} images, fit: {FIT_IMAGES}; target >= 0.9)", ("", "images/s", "model's own",
-                                                               "ratio"), [
+    title = (f"Model-limit ratios, Lite0 at {SIZE} px (median of 3 passes of {N_IMAGES} "
+             f"images, fit: {FIT_IMAGES}; target >= 0.9)")
+    print(common.table(title, ("", "images/s", "model's own", "ratio"), [
         ("features stage", f["stage_images_per_second"]["median"],
          f["model_images_per_second"]["median"], f["ratio"]),
         (f"fine-tune fit (unfreeze {t['unfreeze']})", t["fit_images_per_second"]["median"],
