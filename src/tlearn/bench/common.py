@@ -87,6 +87,14 @@ def repeat(fn: Callable[[], float], times: int) -> dict:
     return figure(values)
 
 
+def paired(first: Callable[[], float], second: Callable[[], float], times: int) -> dict:
+    """``first()`` then ``second()``, ``times`` rounds, so both see the machine's same
+    moments: each one's figure and the median of the rounds' ``second / first``."""
+    rounds = [(first(), second()) for _ in range(times)]
+    return {"first": figure([a for a, _ in rounds]), "second": figure([b for _, b in rounds]),
+            "ratio": round(statistics.median(b / a for a, b in rounds), 3)}
+
+
 def figure(values: Sequence[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3), "n": len(values)}

@@ -48,6 +48,8 @@ def run_pipeline(project: Path) -> dict:
             "test_accuracy": report["accuracy"], "head_test_accuracy": report["head_accuracy"],
             "tta_test_accuracy": report.get("tta_accuracy"),
             "finetune_kept_head": finetune["kept_head"],
+            "finetune_kept_probe": finetune["kept_probe"],
+            "margin_over_probe": report["margin_over_probe"],
             "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values())}
 
 
@@ -106,7 +108,9 @@ def main() -> dict:
           f" MB (target < 4096); raw folder -> head {figures['seconds_to_head']:.0f} s; "
           f"validation accuracy >= {TARGET} after {figures['seconds_to_val_accuracy_0975']} s")
     print(f"test accuracy {figures['test_accuracy']:.4f} (head {figures['head_test_accuracy']:.4f}"
-          f", with flip TTA {figures['tta_test_accuracy']})")
+          f", with flip TTA {figures['tta_test_accuracy']}); the model is "
+          f"{'the linear probe' if figures['finetune_kept_probe'] else 'the fine-tuned one'}, "
+          f"{figures['margin_over_probe']:+.4f} over the probe")
     latency = figures["predict"]
     print(f"predict: cold process {latency['cold_seconds']['median']:.1f} s, warm "
           f"{latency['warm_ms']['median']:.0f} ms per image, batch of 32 "

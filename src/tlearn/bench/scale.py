@@ -26,17 +26,28 @@ PARAMS = {"prepare.image_size": 64, "augment.copies": 1, "finetune.epochs": 1,
           "tune.n_trials": 0}
 
 
+HEIGHT, WIDTH = 240, 320
+#: One block of noise per process, twice the photo's size; each photo takes a window of it
+#: at a random place (drawing fresh noise for every photo tripled the folder's making).
+_NOISE: list[np.ndarray] = []
+
+
 def _photo(job: tuple[Path, str, int]) -> None:
     """A 320x240 JPEG: noise plus a class pattern (circles or stripes), like a small photo."""
     from PIL import Image
 
     path, label, seed = job
+    if not _NOISE:
+        _NOISE.append(np.random.default_rng(0).normal(0, 25, (2 * HEIGHT, 2 * WIDTH, 3))
+                      .astype(np.float32))
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:240, 0:320]
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     phase, scale = rng.uniform(0, 6.3), rng.uniform(8, 24)
-    pattern = (np.sin(np.hypot(x - 160, y - 120) / scale + phase) if label == "circles"
-               else np.sin(x / scale + phase))
-    pixels = 128 + 60 * pattern[..., None] + rng.normal(0, 25, (240, 320, 3))
+    pattern = (np.sin(np.hypot(x - WIDTH / 2, y - HEIGHT / 2) / scale + phase)
+               if label == "circles" else np.sin(x / scale + phase))
+    top, left = rng.integers(0, HEIGHT), rng.integers(0, WIDTH)
+    noise = _NOISE[0][top:top + HEIGHT, left:left + WIDTH]
+    pixels = 128 + 60 * pattern[..., None] + noise
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 

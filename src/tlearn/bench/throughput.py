@@ -8,7 +8,9 @@
   start of an epoch, e.g. making two batches to learn their shapes, is spread over 32
   batches, a small real epoch; cats vs dogs' fine-tune has 63 of 32 photos).
 
-Each figure is the median of several passes. Speed depends on the machine and its load.
+Each ratio is the median of ``ROUNDS`` rounds' ratios, a round timing the model's own pass
+and then the stage's back to back (the machine's speed drifts between minutes). Speed
+depends on the machine and its load.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from tlearn.bench import common
 
 SIZE, BATCH, N_IMAGES, FIT_IMAGES, FEATURE_BATCH = 224, 32, 256, 1024, 64
+ROUNDS = 3  # each round: the model's own pass, then the stage's (the ratio: their median)
 
 
 def _images(folder: Path, n: int) -> Path:
@@ -57,9 +60,9 @@ def features_ratio(split: Path, work: Path) -> dict:
         return N_IMAGES / (time.perf_counter() - started)
 
     model_only(), stage_path()  # warm-up passes: oneDNN settles over the first batches
-    model, stage = common.repeat(model_only, 3), common.repeat(stage_path, 3)
-    return {"model_images_per_second": model, "stage_images_per_second": stage,
-            "ratio": round(stage["median"] / model["median"], 3)}
+    rounds = common.paired(model_only, stage_path, ROUNDS)
+    return {"model_images_per_second": rounds["first"],
+            "stage_images_per_second": rounds["second"], "ratio": rounds["ratio"]}
 
 
 def finetune_ratio(split: Path) -> dict:
@@ -98,10 +101,10 @@ def finetune_ratio(split: Path) -> dict:
         return len(reader) / (time.perf_counter() - started)
 
     through_fit()  # fit traces its own function once
-    bare, fit = common.repeat(bare_step, 3), common.repeat(through_fit, 3)
+    rounds = common.paired(bare_step, through_fit, ROUNDS)
     keras.backend.clear_session()
-    return {"train_step_images_per_second": bare, "fit_images_per_second": fit,
-            "ratio": round(fit["median"] / bare["median"], 3),
+    return {"train_step_images_per_second": rounds["first"],
+            "fit_images_per_second": rounds["second"], "ratio": rounds["ratio"],
             "unfreeze": cfg.finetune.unfreeze}
 
 
@@ -112,7 +115,7 @@ def main() -> dict:
                    "finetune": finetune_ratio(_images(work / "fit", FIT_IMAGES))}
     common.save("throughput", figures)
     f, t = figures["features"], figures["finetune"]
-    title = (f"Model-limit ratios, Lite0 at {SIZE} px (median of 3 passes of {N_IMAGES} "
+    title = (f"Model-limit ratios, Lite0 at {SIZE} px (median of {ROUNDS} rounds of {N_IMAGES} "
              f"images, fit: {FIT_IMAGES}; target >= 0.9)")
     print(common.table(title, ("", "images/s", "model's own", "ratio"), [
         ("features stage", f["stage_images_per_second"]["median"],
