@@ -45,6 +45,9 @@ class Search:
     value: float
     predict_proba: Probabilities
     seconds: float
+    # A linear model as one softmax layer on the features, (kernel (D, C), bias (C,)):
+    # how the linear probe becomes a Keras head (tlearn.models.head.linear_head).
+    linear: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _best(rows: list[dict]) -> int:
@@ -84,7 +87,21 @@ def logistic_regression(train: FeatureSet, validation: FeatureSet, params: Basel
     rows, model = _fit_each("logistic_regression", "C", params.logistic_regression, make,
                             train, validation)
     return Search("C", rows, rows[_best(rows)]["value"], model.predict_proba,
-                  round(time.perf_counter() - started, 2))
+                  round(time.perf_counter() - started, 2), linear=softmax_layer(model))
+
+
+def softmax_layer(model) -> tuple[np.ndarray, np.ndarray]:
+    """A standardised logistic regression (``make_pipeline(StandardScaler(),
+    LogisticRegression())``) as ``(kernel, bias)`` with ``softmax(x @ kernel + bias)`` equal
+    to its ``predict_proba(x)``: the scaler is folded into the weights, and two classes'
+    single logit z becomes the pair (0, z) (sigmoid(z) = softmax(0, z)[1])."""
+    scaler, regression = model[0], model[-1]
+    coef = regression.coef_ / scaler.scale_                      # (C, D), or (1, D)
+    intercept = regression.intercept_ - coef @ scaler.mean_
+    if len(coef) == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    return coef.T.astype(np.float32), intercept.astype(np.float32)
 
 
 def linear_svm(train: FeatureSet, validation: FeatureSet, params: BaselinesParams,

@@ -104,7 +104,8 @@ def headline(report: dict, head_training: dict, finetune_training: dict,
     phase, and the tuned head's best value (``tune_best_val_accuracy`` or ``..._val_loss``)
     when tuning ran."""
     figures = {key: report[key] for key in HEADLINE if key in report}
-    figures["val_accuracy"] = finetune_training.get("val_accuracy")
+    figures["val_accuracy"] = finetune_training.get(
+        "probe_val_accuracy" if finetune_training.get("kept_probe") else "val_accuracy")
     figures["head_val_accuracy"] = head_training.get("val_accuracy")
     if tuning and tuning.get("best_value") is not None:
         figures[f"tune_best_{tuning['metric']}"] = tuning["best_value"]
@@ -114,13 +115,15 @@ def headline(report: dict, head_training: dict, finetune_training: dict,
 def comparison(baselines: dict, evaluate: dict) -> list[dict]:
     """Every model on the same test split, best accuracy first: the classical classifiers
     of ``reports/baselines.json`` (its ``classifiers``), then the Keras head and the
-    fine-tuned model from the evaluate report's figures."""
+    final model (fine-tuned, or the probe when it was kept) from the evaluate report."""
     rows = [{"model": name, "route": "features + classical",
              **{k: figures[k] for k in SUMMARY_KEYS}}
             for name, figures in baselines["classifiers"].items()]
     rows.append({"model": "keras_head", "route": "features + Keras head",
                  **{k: evaluate[f"head_{k}"] for k in SUMMARY_KEYS}})
-    rows.append({"model": "fine_tuned", "route": "fine-tuned base + head",
+    rows.append({"model": "fine_tuned",
+                 "route": ("the linear probe, kept over the fine-tune (better on validation)"
+                           if evaluate.get("kept_probe") else "fine-tuned base + head"),
                  **{k: evaluate[k] for k in SUMMARY_KEYS}})
     return sorted(rows, key=lambda row: -row["accuracy"])
 

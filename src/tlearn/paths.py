@@ -22,6 +22,7 @@ PREPROCESS = MODELS / "preprocess.json"  # how predict must square-ify images fo
 HEAD_PARAMS = MODELS / "head_params.yaml"  # the head train_head trains (tune writes it)
 HEAD_MODEL = MODELS / "head.keras"
 MODEL = MODELS / "model.keras"
+PROBE = MODELS / "probe.npz"            # the linear probe as a softmax layer (baselines writes it)
 REPORTS = Path("reports")
 
 

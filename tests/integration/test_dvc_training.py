@@ -1,8 +1,8 @@
 """`dvc repro` of the whole pipeline on tiny synthetic data in a temporary project:
 outputs and metrics, nothing reruns the second time, without tuning train_head trains
 params.yaml's head exactly, a finetune param reruns only finetune and evaluate, raising
-only tune.n_trials reruns tune for the added trials, and a finetune killed with SIGKILL
-resumes when rerun."""
+only tune.n_trials reruns tune for the added trials, a finetune killed with SIGKILL
+resumes when rerun, and a linear probe better on validation becomes the model."""
 
 from __future__ import annotations
 
@@ -232,3 +232,29 @@ def test_killed_finetune_resumes_where_it_stopped(project):
     metrics = json.loads((project / "reports/finetune.json").read_text())
     assert metrics["epochs"] == 12 and metrics["val_accuracy"] >= 0.88
     assert not state.parent.exists()  # a finished run clears its checkpoint
+
+
+def test_a_linear_probe_better_on_validation_becomes_the_model(project):
+    """The floor: when the linear probe's validation accuracy beats the fine-tuned model's,
+    models/model.keras is the frozen extractor with the probe as its softmax head."""
+    import keras
+
+    from tlearn.data.store import SplitReader
+    from tlearn.models import preprocess  # noqa: F401  registers tlearn's layer for loading
+
+    set_params(project, finetune__epochs=1)
+    baselines = project / "reports/baselines.json"
+    report = json.loads(baselines.read_text())
+    report["classifiers"]["logistic_regression"]["val_accuracy"] = 1.5  # beats any model
+    baselines.write_text(json.dumps(report))
+    result = run([str(BIN / "tlearn"), "finetune"], project)
+    assert json.loads((project / "reports/finetune.json").read_text())["kept_probe"]
+    assert "the linear probe (validation accuracy 1.5000) beats" in result.stderr
+    model = keras.saving.load_model(project / "models/model.keras")
+    extractor = keras.saving.load_model(project / "data/features/extractor.keras")
+    images = SplitReader(project / "data/prepared/test").images.read(0, 6).astype("float32")
+    with np.load(project / "models/probe.npz") as probe:
+        logits = extractor.predict(images, verbose=0) @ probe["kernel"] + probe["bias"]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               expected / expected.sum(1, keepdims=True), atol=1e-5)

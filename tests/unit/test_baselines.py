@@ -78,6 +78,20 @@ def test_gradient_boosting_rounds_read_from_one_fit_match_separate_fits(splits, 
     assert found.rows[1]["val_accuracy"] == np.mean(alone.predict(validation.x) == validation.y)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_the_logistic_regression_is_one_softmax_layer_on_the_raw_features(n_classes, splits,
+                                                                          params):
+    from scipy.special import softmax
+
+    train, validation, test = (FeatureSet(s.x[s.y < n_classes] * [[1000.0] + [1.0] * 23],
+                                          s.y[s.y < n_classes]) for s in splits)
+    search = baselines.logistic_regression(train, validation, params, seed=0)
+    kernel, bias = search.linear
+    assert kernel.shape == (24, n_classes) and bias.shape == (n_classes,)
+    np.testing.assert_allclose(softmax(test.x @ kernel + bias, axis=1),
+                               search.predict_proba(test.x), atol=1e-4)
+
+
 def test_subsample_keeps_each_class_share():
     train = FeatureSet(np.zeros((100, 2)), np.array([0] * 80 + [1] * 20))
     sample = baselines.subsample(train, 50, seed=0)
@@ -153,6 +167,10 @@ def test_stage_reports_every_classifier_and_logs_one_child_run_each(feature_file
     assert report["split_sizes"] == {"train": 180, "validation": 45, "test": 60}
     assert list(report["classifiers"]) == list(baselines.CLASSIFIERS)
     assert report["classifiers"]["gradient_boosting"]["knob"] == "max_iter"
+    with np.load(paths.PROBE) as probe:  # the probe as a softmax layer, for the fine-tune
+        test = features.load("test")
+        predicted = np.argmax(test.x @ probe["kernel"] + probe["bias"], axis=1)
+    assert np.mean(predicted == test.y) == report["classifiers"]["logistic_regression"]["accuracy"]
     # in MLflow: test/logistic_regression_accuracy beside evaluate's test/accuracy
     assert stage.STAGE.metric_name("logistic_regression_accuracy") == \
         "test/logistic_regression_accuracy"

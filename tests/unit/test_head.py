@@ -10,7 +10,7 @@ import pytest
 from tlearn import train
 from tlearn.errors import ConfigError, TlearnError
 from tlearn.models.head import (assemble, build_extractor, build_head, count_params,
-                                find_base, unfreeze_top)
+                                find_base, linear_head, unfreeze_top)
 
 SIZE = 32
 BACKBONE = "efficientnet_lite0"
@@ -40,6 +40,18 @@ def test_head_on_cached_features_equals_assembled_model(pooling, images, cfg_fac
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-5)
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 2, 3)])
+def test_a_linear_head_is_the_softmax_of_its_weights(shape):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, *shape)).astype("float32")
+    kernel = rng.normal(size=(int(np.prod(shape)), 3)).astype("float32")
+    bias = rng.normal(size=3).astype("float32")
+    logits = features.reshape(4, -1) @ kernel + bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(linear_head(shape, kernel, bias).predict(features, verbose=0),
+                               expected, atol=1e-5)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ guide: preprocessing inside the model, the base called with ``training=False``."
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from tlearn.config import HeadParams
 from tlearn.errors import ConfigError
@@ -32,15 +33,25 @@ def build_extractor(backbone: str, image_size: int, weights: str, pooling: str) 
     return keras.Model(inputs, x, name="extractor")
 
 
-def build_head(feature_shape: tuple[int, ...], n_classes: int, cfg: HeadParams) -> keras.Model:
-    """Dense layers (``head.units``) with dropout, then a softmax over the classes."""
+def build_head(feature_shape: tuple[int, ...], n_classes: int,
+               cfg: HeadParams | None = None) -> keras.Model:
+    """Dense layers (``head.units``) with dropout, then a softmax over the classes; without
+    ``cfg``, the softmax layer alone (a linear head)."""
     inputs = keras.Input(feature_shape, name="features")
     x = keras.layers.Flatten(name="flatten")(inputs) if len(feature_shape) > 1 else inputs
-    for i, units in enumerate(cfg.units):
+    for i, units in enumerate(cfg.units if cfg else ()):
         x = keras.layers.Dense(units, activation=cfg.activation, name=f"dense_{i}")(x)
         x = keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=HEAD_NAME)
+
+
+def linear_head(feature_shape: tuple[int, ...], kernel: np.ndarray, bias: np.ndarray) -> keras.Model:
+    """The head ``softmax(features @ kernel + bias)``: a linear model fitted elsewhere (the
+    linear probe, tlearn.baselines.softmax_layer) as a Keras head."""
+    head = build_head(feature_shape, kernel.shape[1])
+    head.get_layer("predictions").set_weights([kernel, bias])
+    return head
 
 
 def assemble(extractor: keras.Model, head: keras.Model) -> keras.Model:

@@ -1,7 +1,9 @@
 """baselines stage: logistic regression, a linear SVM and gradient boosting on the cached
 features (train + augmented copies to fit, validation to choose each one's knob, test to
 score) -> reports/baselines.json. Each classifier is a run of its own nested under the
-stage's run, with the test metrics under the names evaluate uses (``test/accuracy``)."""
+stage's run, with the test metrics under the names evaluate uses (``test/accuracy``). The
+logistic regression, the linear probe, is also kept as a softmax layer -> models/probe.npz:
+the fine-tune's floor (tlearn.stages.finetune)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,15 @@ from tlearn.stages import UNTRACKED, Stage, Tracker
 
 log = logging.getLogger(__name__)
 
+#: The linear probe: the floor the fine-tuned model must clear (tlearn.stages.finetune).
+PROBE = "logistic_regression"
+
 STAGE = Stage(
     name="baselines",
     help="classical classifiers on the cached features (the knob of each chosen on validation)",
     params=("base.seed", "baselines"),
     deps=(paths.FEATURES, paths.PREPARED_LABELS),
+    outs=(paths.PROBE,),
     report=paths.REPORTS / "baselines.json",
     datasets=("train", "validation", "test"),
     # test/logistic_regression_accuracy ... beside evaluate's test/accuracy and
@@ -27,8 +33,10 @@ STAGE = Stage(
 
 
 def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
+    import numpy as np
+
     from tlearn import baselines, features
-    from tlearn.io import read_json, write_json
+    from tlearn.io import atomic_path, read_json, write_json
     from tlearn.metrics import SUMMARY_KEYS
 
     labels = read_json(paths.PREPARED_LABELS)
@@ -38,6 +46,10 @@ def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
     for name, search in baselines.CLASSIFIERS.items():
         found = search(train, validation, cfg.baselines, cfg.base.seed)
         results[name] = report = baselines.evaluate(found, test, labels)
+        if name == PROBE:
+            kernel, bias = found.linear
+            with atomic_path(paths.PROBE) as tmp:
+                np.savez(tmp, kernel=kernel, bias=bias)
         child = tracker.child(name, {"classifier": name, found.knob: found.value,
                                      "candidates": [row["value"] for row in found.rows],
                                      "base.seed": cfg.base.seed})

@@ -54,6 +54,7 @@ def run(cfg: Config) -> dict:
                 test.labels, metrics.predict_probabilities(model, test.images.batches(),
                                                            cfg.evaluate.tta), labels)
     report = metrics.evaluation_report(reports, cfg.evaluate.tta)
+    report["kept_probe"] = read_json(FINETUNE.report).get("kept_probe", False)
     baselines = read_json(BASELINES.report)
     report["comparison"] = metrics.comparison(baselines, report)
     report["margin_over_probe"] = metrics.probe_margin(report, baselines)

@@ -1,7 +1,12 @@
 """finetune stage: unfreeze the top of the base (BatchNorm stays in inference mode),
 recompile with the lower ``finetune.learning_rate`` and train end to end on the images
 with online augmentation -> models/model.keras. Checkpoints every epoch: rerunning a
-killed stage resumes where it stopped."""
+killed stage resumes where it stopped.
+
+The floor: when the linear probe (the baselines stage's logistic regression on the frozen
+features) has a higher validation accuracy than the fine-tuned model, models/model.keras
+is the probe instead (the frozen extractor and the probe as its softmax head), so the
+pipeline never ships a model worse on validation than that classical baseline."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import logging
 from tlearn import paths
 from tlearn.config import Config
 from tlearn.stages import Stage
+from tlearn.stages.baselines import PROBE
+from tlearn.stages.baselines import STAGE as BASELINES
 from tlearn.stages.train_head import STAGE as TRAIN_HEAD
 
 log = logging.getLogger(__name__)
@@ -22,7 +29,7 @@ STAGE = Stage(
             "head.optimizer", "head.momentum", "head.label_smoothing", "head.class_weight",
             "finetune", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.prepared_split("train"), paths.prepared_split("validation"),
-          TRAIN_HEAD.history),
+          TRAIN_HEAD.history, paths.EXTRACTOR, paths.PROBE, BASELINES.report),
     outs=(paths.MODEL,),
     report=paths.REPORTS / "finetune.json",
     plots=(paths.REPORTS / "finetune_history.csv",),
@@ -41,7 +48,7 @@ def run(cfg: Config) -> dict:
     from tlearn.checkpoint import Checkpoint, fingerprint
     from tlearn.data.batches import ImageBatches
     from tlearn.data.store import SplitReader
-    from tlearn.io import atomic_path, read_csv, write_csv, write_json
+    from tlearn.io import atomic_path, read_csv, read_json, write_csv, write_json
     from tlearn.models.head import count_params, find_base
 
     keras.utils.set_random_seed(cfg.base.seed)  # before loading: dropout seeds come from it
@@ -64,14 +71,35 @@ def run(cfg: Config) -> dict:
              "(BatchNorm stays frozen); %s trainable, %s non-trainable parameters",
              cfg.finetune.unfreeze, len(base.layers), base.name, len(trained_layers),
              f"{params['trainable_params']:,}", f"{params['non_trainable_params']:,}")
-    with atomic_path(paths.MODEL) as tmp:
-        model.save(tmp)
-    write_csv(STAGE.history, history)
-    checkpoint.clear()
     metrics = {"epochs": len(history), "unfrozen_layers": len(trained_layers), **params,
                **train.best_epoch_metrics(history, start, start_epoch=first_epoch - 1),
                "kept_head": best_epoch == first_epoch - 1}
     if start:
         metrics |= {f"start_{k}": v for k, v in start.items()}
+    probe_val_accuracy = read_json(BASELINES.report)["classifiers"][PROBE]["val_accuracy"]
+    metrics |= {"probe_val_accuracy": probe_val_accuracy,
+                "kept_probe": probe_val_accuracy > metrics["val_accuracy"]}
+    if metrics["kept_probe"]:
+        log.warning("the linear probe (validation accuracy %.4f) beats the fine-tuned model "
+                    "(%.4f): models/model.keras is the probe on the frozen base",
+                    probe_val_accuracy, metrics["val_accuracy"])
+        model = probe_model()
+    with atomic_path(paths.MODEL) as tmp:
+        model.save(tmp)
+    write_csv(STAGE.history, history)
+    checkpoint.clear()
     write_json(STAGE.report, metrics)
     return metrics
+
+
+def probe_model():
+    """The frozen extractor with the linear probe (models/probe.npz) as its head."""
+    import keras
+    import numpy as np
+
+    from tlearn.models.head import assemble, linear_head
+
+    extractor = keras.saving.load_model(paths.EXTRACTOR)
+    with np.load(paths.PROBE) as probe:
+        return assemble(extractor, linear_head(tuple(extractor.output.shape[1:]),
+                                               probe["kernel"], probe["bias"]))
