@@ -5,15 +5,22 @@ Each classifier tries a few values of its main knob, keeps the one with the best
 validation accuracy (the first on ties: list the candidates simplest model first), and is
 scored on the test split with the report the Keras models get
 (:func:`tlearn.metrics.classification_report`), so its figures sit beside the head's and
-the fine-tuned model's (:func:`tlearn.metrics.comparison`). Arrays in, figures out; no
-file I/O.
+the fine-tuned model's (:func:`tlearn.metrics.comparison`). Arrays in (or readers of
+them on disk, for scoring), figures out; no paths.
+
+Memory stays bounded as the dataset grows: the linear models train on at most
+``max_train`` rows (:func:`sample_rows`: the caller reads only those), gradient boosting on
+``boosting_max_train``, and validation and test are scored :data:`SCORE_CHUNK` rows at a
+time, straight from disk when given as :func:`tlearn.features.open_split` gives them, so
+neither they nor their standardised copies are ever whole in memory.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +34,16 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from tlearn.config import BaselinesParams
+from tlearn.data.store import ArrayReader
 from tlearn.features import FeatureSet
 from tlearn.metrics import SUMMARY_KEYS, classification_report
 
 log = logging.getLogger(__name__)
 
-Probabilities = Callable[[np.ndarray], np.ndarray]  # features (N, D) -> (N, classes)
+Rows = np.ndarray | ArrayReader  # features in memory, or on disk (read a chunk at a time)
+Probabilities = Callable[[Rows], np.ndarray]  # features (N, D) -> (N, classes)
+#: Rows scored per call: each call makes standardised float copies of its rows.
+SCORE_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class Search:
     value: float
     predict_proba: Probabilities
     seconds: float
+    train_rows: int            # the training rows the classifier was fitted on
     # A linear model as one softmax layer on the features, (kernel (D, C), bias (C,)):
     # how the linear probe becomes a Keras head (tlearn.models.head.linear_head).
     linear: tuple[np.ndarray, np.ndarray] | None = None
@@ -59,6 +71,20 @@ def _accuracy(predicted: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(predicted == y))
 
 
+def chunks(x: Rows) -> Iterator[np.ndarray]:
+    """The rows of ``x`` as (n, D) vectors (a flatten head's maps flattened),
+    :data:`SCORE_CHUNK` at a time."""
+    batches = (x.batches(SCORE_CHUNK) if isinstance(x, ArrayReader)
+               else (x[i:i + SCORE_CHUNK] for i in range(0, len(x), SCORE_CHUNK)))
+    for batch in batches:
+        yield batch.reshape(len(batch), -1)
+
+
+def in_chunks(fn: Callable[[np.ndarray], np.ndarray], x: Rows) -> np.ndarray:
+    """``fn`` of every row of ``x``, computed :data:`SCORE_CHUNK` rows at a time."""
+    return np.concatenate([fn(chunk) for chunk in chunks(x)])
+
+
 def _fit_each(name: str, knob: str, candidates: Sequence[float], make: Callable[[float], object],
               train: FeatureSet, validation: FeatureSet) -> tuple[list[dict], object]:
     """One model per candidate value, fitted on train and scored on validation; returns
@@ -67,8 +93,8 @@ def _fit_each(name: str, knob: str, candidates: Sequence[float], make: Callable[
     for value in candidates:
         started = time.perf_counter()
         model = make(value).fit(train.x, train.y)
-        rows.append({"value": value,
-                     "val_accuracy": _accuracy(model.predict(validation.x), validation.y)})
+        rows.append({"value": value, "val_accuracy": _accuracy(
+            in_chunks(model.predict, validation.x), validation.y)})
         models.append(model)
         log.info("baselines: %s %s=%g: val_accuracy %.4f (%.1f s)", name, knob, value,
                  rows[-1]["val_accuracy"], time.perf_counter() - started)
@@ -86,8 +112,10 @@ def logistic_regression(train: FeatureSet, validation: FeatureSet, params: Basel
     started = time.perf_counter()
     rows, model = _fit_each("logistic_regression", "C", params.logistic_regression, make,
                             train, validation)
-    return Search("C", rows, rows[_best(rows)]["value"], model.predict_proba,
-                  round(time.perf_counter() - started, 2), linear=softmax_layer(model))
+    return Search("C", rows, rows[_best(rows)]["value"],
+                  lambda x: in_chunks(model.predict_proba, x),
+                  round(time.perf_counter() - started, 2), len(train),
+                  linear=softmax_layer(model))
 
 
 def softmax_layer(model) -> tuple[np.ndarray, np.ndarray]:
@@ -117,14 +145,14 @@ def linear_svm(train: FeatureSet, validation: FeatureSet, params: BaselinesParam
     started = time.perf_counter()
     rows, model = _fit_each("linear_svm", "C", params.linear_svm, make, train, validation)
 
-    def margins(x: np.ndarray) -> np.ndarray:
-        scores = model.decision_function(x)  # (N,) for two classes: the second one's margin
+    def margins(x: Rows) -> np.ndarray:
+        scores = in_chunks(model.decision_function, x)  # (N,) for two classes: the second
         return np.column_stack([np.zeros_like(scores), scores]) if scores.ndim == 1 else scores
 
     temperature = fit_temperature(margins(validation.x), validation.y)
     return Search("C", rows, rows[_best(rows)]["value"],
                   lambda x: softmax(margins(x) / temperature, axis=1),
-                  round(time.perf_counter() - started, 2))
+                  round(time.perf_counter() - started, 2), len(train))
 
 
 def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
@@ -151,18 +179,26 @@ def gradient_boosting(train: FeatureSet, validation: FeatureSet, params: Baselin
     started = time.perf_counter()
     with threadpool_limits(1):
         model.fit(sample.x, sample.y)
-        staged = list(model.staged_predict(validation.x))
-    rows = [{"value": r, "val_accuracy": _accuracy(staged[r - 1], validation.y)} for r in rounds]
+        # One pass of the rounds over each chunk: the predictions after every round.
+        staged = in_chunks(lambda x: np.stack(list(model.staged_predict(x)), axis=1),
+                           validation.x)  # (N, rounds)
+    rows = [{"value": r, "val_accuracy": _accuracy(staged[:, r - 1], validation.y)}
+            for r in rounds]
     log.info("baselines: gradient_boosting rounds %s: val_accuracy %s (%.1f s, %d rows)", rounds,
              [round(row["val_accuracy"], 4) for row in rows], time.perf_counter() - started,
              len(sample))
     chosen = rows[_best(rows)]["value"]
 
-    def predict_proba(x: np.ndarray) -> np.ndarray:
-        with threadpool_limits(1):
-            return list(model.staged_predict_proba(x))[chosen - 1]
+    def chosen_proba(x: np.ndarray) -> np.ndarray:
+        # The chosen round's probabilities, without keeping every round's.
+        return next(itertools.islice(model.staged_predict_proba(x), chosen - 1, None))
 
-    return Search("max_iter", rows, chosen, predict_proba, round(time.perf_counter() - started, 2))
+    def predict_proba(x: Rows) -> np.ndarray:
+        with threadpool_limits(1):
+            return in_chunks(chosen_proba, x)
+
+    return Search("max_iter", rows, chosen, predict_proba, round(time.perf_counter() - started, 2),
+                  len(sample))
 
 
 #: name -> search, in the order they run and are reported.
@@ -176,23 +212,37 @@ CLASSIFIERS: dict[str, Callable[[FeatureSet, FeatureSet, BaselinesParams, int], 
 def evaluate(search: Search, test: FeatureSet, labels: Sequence[str]) -> dict:
     """The chosen model on the test split, with its search: the classifier's report."""
     report = classification_report(test.y, search.predict_proba(test.x), labels)
-    return {"knob": search.knob, "value": search.value,
+    return {"knob": search.knob, "value": search.value, "train_rows": search.train_rows,
             "val_accuracy": search.rows[_best(search.rows)]["val_accuracy"],
             "seconds": search.seconds, "search": search.rows,
             **{k: report[k] for k in SUMMARY_KEYS}}
 
 
+def sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Ascending indices of at most ``limit`` rows (all of them when there are no more),
+    each class keeping its share (stratified, seeded): floor of its share, the rows left
+    over to the largest remainders, and at least one row per class (which alone may
+    exceed a ``limit`` below the number of classes)."""
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = limit * counts / len(labels)
+    shares = np.maximum(np.floor(exact).astype(int), 1)
+    left = limit - int(shares.sum())
+    if left > 0:  # the largest remainders first, the first class on ties
+        shares[np.argsort(-(exact - np.floor(exact)), kind="stable")[:left]] += 1
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(labels == label), size=share, replace=False)
+            for label, share in zip(classes, shares)]
+    return np.sort(np.concatenate(keep))
+
+
 def subsample(train: FeatureSet, limit: int, seed: int) -> FeatureSet:
-    """At most ``limit`` rows, each class keeping its share (stratified, seeded)."""
+    """At most ``limit`` rows of ``train`` (:func:`sample_rows`); ``train`` itself when it
+    has no more."""
     if len(train) <= limit:
         return train
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in np.unique(train.y):
-        members = np.flatnonzero(train.y == label)
-        share = max(1, round(limit * len(members) / len(train)))
-        keep.append(rng.choice(members, size=min(share, len(members)), replace=False))
-    chosen = np.sort(np.concatenate(keep))
+    chosen = sample_rows(train.y, limit, seed)
     return FeatureSet(train.x[chosen], train.y[chosen])
 
 

@@ -138,6 +138,9 @@ class BaselinesParams:
     boosting_leaves: int = field(metadata=_range(2))
     boosting_features: float = field(metadata=_range(0, 1, lo_open=True))
     boosting_max_train: int = field(metadata=_range(10))
+    # Training rows of the linear models (a stratified sample when there are more): their
+    # memory grows with it (the SVM: a float64 copy and liblinear's 16 bytes per value).
+    max_train: int = field(metadata=_range(10))
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,15 @@ import numpy as np
 from tqdm import tqdm
 
 from tlearn import paths
-from tlearn.data.store import ArrayWriter, SplitReader
+from tlearn.data.store import ArrayReader, ArrayWriter, SplitReader
+from tlearn.errors import DataError
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    x: np.ndarray  # (N, D) pooled vectors, or (N, h, w, C) maps for a flatten head
+    # (N, D) pooled vectors, or (N, h, w, C) maps for a flatten head; from open_split,
+    # an ArrayReader of them on disk
+    x: np.ndarray | ArrayReader
     y: np.ndarray  # (N,) class indices
 
     def __len__(self) -> int:
@@ -54,12 +57,54 @@ def save(target: Path, features: FeatureSet) -> None:
 
 
 def load(split: str, folder: Path = paths.FEATURES) -> FeatureSet:
+    # np.load reads a plain .npy file straight into the one array it returns.
     where = feature_folder(split, folder)
     return FeatureSet(x=np.load(where / "x.npy"), y=np.load(where / "y.npy"))
 
 
-def load_training(folder: Path = paths.FEATURES) -> FeatureSet:
-    """Training features: the original training split plus its augmented copies."""
-    parts = [load("train", folder), load("augmented", folder)]
-    return FeatureSet(x=np.concatenate([p.x for p in parts]),
-                      y=np.concatenate([p.y for p in parts]))
+def open_split(split: str, folder: Path = paths.FEATURES) -> FeatureSet:
+    """A split's labels in memory and its features on disk (``x`` an
+    :class:`~tlearn.data.store.ArrayReader`): for scoring a chunk at a time, so the split's
+    size does not count in memory."""
+    where = feature_folder(split, folder)
+    return FeatureSet(x=ArrayReader(where / "x.npy"), y=np.load(where / "y.npy"))
+
+
+#: The splits the head (and tuning and the baselines) train on, in this order.
+TRAINING_SPLITS = ("train", "augmented")
+
+
+def training_labels(folder: Path = paths.FEATURES) -> np.ndarray:
+    """The class indices of :func:`load_training`'s rows, without reading the features
+    (to choose a sample of the rows first)."""
+    return np.concatenate([np.load(feature_folder(s, folder) / "y.npy")
+                           for s in TRAINING_SPLITS])
+
+
+def load_training(folder: Path = paths.FEATURES, rows: np.ndarray | None = None) -> FeatureSet:
+    """Training features: the original training split plus its augmented copies, each
+    read straight into its part of one array (concatenating loaded parts held the whole
+    twice). ``rows``: only these rows of that concatenation (ascending), read one by one, so
+    a sample of a large set costs the sample's memory, not the set's."""
+    readers = [ArrayReader(feature_folder(s, folder) / "x.npy") for s in TRAINING_SPLITS]
+    first = readers[0]
+    for reader in readers[1:]:
+        if (reader.shape[1:], reader.dtype) != (first.shape[1:], first.dtype):
+            raise DataError(f"{reader.path}: rows of {reader.shape[1:]} {reader.dtype}, but "
+                            f"{first.path} has {first.shape[1:]} {first.dtype}")
+    y = training_labels(folder)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if np.any(np.diff(rows) <= 0) or (len(rows) and not 0 <= rows[0] <= rows[-1] < len(y)):
+            raise ValueError(f"rows must ascend within 0..{len(y) - 1}")
+        y = y[rows]
+    x = np.empty((len(y), *first.shape[1:]), first.dtype)
+    start = 0  # where this part's rows begin in the concatenation
+    for reader in readers:
+        if rows is None:
+            reader.read_into(x[start:start + len(reader)])
+        else:  # ascending rows: this part's fill one contiguous slice of x
+            lo, hi = np.searchsorted(rows, [start, start + len(reader)])
+            reader.take(rows[lo:hi] - start, out=x[lo:hi])
+        start += len(reader)
+    return FeatureSet(x, y)

@@ -8,6 +8,7 @@ so a killed run resumes where it stopped."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from tlearn.config import FinetuneParams, HeadParams
+from tlearn.data.augmentation import ORDER
 from tlearn.features import FeatureSet
 from tlearn.models.head import build_head, unfreeze_top
 
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 HEAD_STEPS_PER_CALL = 32
+#: Batches of the head's rows gathered per Python call (RowBatches): a call per batch
+#: made an epoch a fifth longer; a call of 32 (10 MB at 1280 features) left ~40 MB of
+#: freed chunks in the allocator's per-thread pools.
+HEAD_BATCHES_PER_GATHER = 8
 
 
 def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
@@ -117,7 +123,7 @@ def validate(model: keras.Model, validation: tf.data.Dataset | ImageBatches | In
     return {"val_loss": loss / n, "val_accuracy": correct / n}
 
 
-def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
+def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches | RowBatches,
                validation: tf.data.Dataset | ImageBatches | InMemory,
                epochs: int, patience: int, first_epoch: int = 1,
                checkpoint: Checkpoint | None = None,
@@ -161,7 +167,8 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches,
             train.set_epoch(i)
         if seed is not None:
             reseed_layers(model, seed, i)
-        result = model.fit(train, epochs=i + 1, initial_epoch=i, class_weight=class_weight,
+        result = model.fit(train.dataset if isinstance(train, RowBatches) else train,
+                           epochs=i + 1, initial_epoch=i, class_weight=class_weight,
                            shuffle=False, verbose=int(progress_bar))
         row = {"epoch": first_epoch + i, "loss": float(result.history["loss"][-1]),
                "accuracy": float(result.history["accuracy"][-1]), **validate(model, validation)}
@@ -219,10 +226,60 @@ def best_epoch_metrics(history: list[dict], start: dict | None = None,
             "best_epoch": best["epoch"]}
 
 
+class RowBatches:
+    """Shuffled training batches ``(float32 x, one-hot labels)`` gathered from the arrays
+    in memory, as tf.data (:attr:`dataset`). ``from_tensor_slices`` + ``shuffle`` held the
+    features twice more (a tensor copy and the shuffle buffer); here only the epoch's order
+    (one index per row) and the batches in flight are extra.
+
+    Each epoch's order is drawn from the seed and the epoch number alone
+    (:meth:`set_epoch`, called by :func:`fit_epochs`), as the fine-tune's image batches
+    are, so a run repeats exactly and each epoch sees every row once in a new order. One
+    Python call gathers the rows of ``HEAD_BATCHES_PER_GATHER`` batches and tf.data
+    splits them into batches."""
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
+                 seed: int):
+        self.x, self.labels = x, np.asarray(labels, dtype=np.int64)
+        self.n_classes, self.batch_size, self.seed = n_classes, batch_size, seed
+        self.chunk_rows = batch_size * HEAD_BATCHES_PER_GATHER
+        self.set_epoch(0)
+        self.dataset = self._dataset()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's order of the rows (from the seed and ``epoch`` alone)."""
+        self.order = np.random.default_rng([self.seed, ORDER, epoch]).permutation(len(self.x))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and labels of the epoch's ``index``-th run of ``chunk_rows`` rows."""
+        rows = self.order[index * self.chunk_rows:(index + 1) * self.chunk_rows]
+        return self.x[rows], self.labels[rows]
+
+    def _dataset(self) -> tf.data.Dataset:
+        def gather(index):
+            # Reads self.order when the batches are made: fit starts after set_epoch.
+            x, labels = tf.numpy_function(self.chunk, [index],
+                                          (tf.as_dtype(self.x.dtype), tf.int64))
+            x.set_shape((None, *self.x.shape[1:]))
+            labels.set_shape((None,))  # Keras' class weights need the labels' rank
+            return tf.cast(x, tf.float32), tf.one_hot(labels, self.n_classes)
+
+        chunks = math.ceil(len(self.x) / self.chunk_rows)
+        # Chunks hold whole batches (the last may be short), so rebatch cuts the epoch's
+        # order into the batches from_tensor_slices(...).batch() would.
+        return (tf.data.Dataset.range(chunks).map(gather).rebatch(self.batch_size)
+                .apply(tf.data.experimental.assert_cardinality(len(self)))
+                .prefetch(tf.data.AUTOTUNE))
+
+
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int,
                   seed: int | None = None) -> tf.data.Dataset:
     """Float32 batches of (x, y); shuffled each epoch when ``seed`` is given. Images stay
-    uint8 in memory until batched."""
+    uint8 in memory until batched. Holds ``x`` twice more when shuffled (a tensor and the
+    shuffle buffer): fine for small arrays; the head trains on :class:`RowBatches`."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if seed is not None:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -249,7 +306,7 @@ def train_head(train: FeatureSet, validation: FeatureSet, n_classes: int, params
                        steps_per_execution=HEAD_STEPS_PER_CALL)
     head, history, *_ = fit_epochs(
         head,
-        array_dataset(train.x, one_hot(train.y, n_classes), params.batch_size, seed=seed),
+        RowBatches(train.x, train.y, n_classes, params.batch_size, seed=seed),
         InMemory(validation.x, one_hot(validation.y, n_classes)),
         epochs=params.epochs, patience=params.patience, on_epoch=on_epoch, seed=seed,
         class_weight=class_weights(train.y, n_classes, params.class_weight))

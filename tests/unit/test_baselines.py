@@ -101,6 +101,23 @@ def test_subsample_keeps_each_class_share():
     assert baselines.flat(maps).x.shape == (4, 12)
 
 
+@pytest.mark.parametrize("limit", [10, 37, 100, 299])
+def test_sample_rows_honour_the_cap_and_each_class_share(limit):
+    labels = np.repeat([0, 1, 2], [200, 70, 30])  # 300 rows, imbalanced
+    rows = baselines.sample_rows(labels, limit, seed=1)
+    assert len(rows) == limit and np.all(np.diff(rows) > 0)  # exactly the cap, ascending
+    shares = np.bincount(labels[rows], minlength=3) / limit
+    assert np.abs(shares - [2 / 3, 7 / 30, 1 / 10]).max() <= 1 / limit  # stratified
+    assert np.array_equal(rows, baselines.sample_rows(labels, limit, seed=1))  # seeded
+    assert not np.array_equal(rows, baselines.sample_rows(labels, limit, seed=2))
+
+
+def test_sample_rows_keep_everything_under_the_cap_and_a_row_of_each_class():
+    labels = np.repeat([0, 1, 2], [200, 98, 2])
+    assert np.array_equal(baselines.sample_rows(labels, 300, seed=0), np.arange(300))
+    assert np.bincount(labels[baselines.sample_rows(labels, 20, seed=0)]).tolist() == [13, 6, 1]
+
+
 def test_comparison_puts_every_model_side_by_side_best_first():
     report = {"classifiers": {"logistic_regression": {"accuracy": 0.95, "top_k_accuracy": 1.0,
                                                       "loss": 0.2},
@@ -187,6 +204,43 @@ def test_stage_reports_every_classifier_and_logs_one_child_run_each(feature_file
         assert logged["seconds"] > 0 and "seconds" not in figures  # MLflow only
         steps = [(s, v) for k, v, s in child["metrics"] if k == "search/val_accuracy"]
         assert steps == [(i, r["val_accuracy"]) for i, r in enumerate(figures["search"])]
+
+
+def test_stage_fits_the_linear_models_on_at_most_max_train_rows(feature_files, monkeypatch):
+    """180 training rows, max_train 90: a stratified sample of 90 (30 per class) is all
+    the stage reads, the linear models fit on it, boosting on its own sample of that."""
+    read = []
+    load_training = features.load_training
+    monkeypatch.setattr(features, "load_training",
+                        lambda *a, **kw: read.append(kw.get("rows")) or load_training(*a, **kw))
+    fitted = []
+    for name in ("logistic_regression", "linear_svm", "gradient_boosting"):
+        search = baselines.CLASSIFIERS[name]
+        monkeypatch.setitem(baselines.CLASSIFIERS, name, lambda train, *a, search=search: (
+            fitted.append(train) or search(train, *a)))
+    stage.run(small({"baselines.max_train": 90, "baselines.boosting_max_train": 60}))
+    report = json.loads((paths.REPORTS / "baselines.json").read_text())
+    assert report["split_sizes"] == {"train": 180, "validation": 45, "test": 60}
+    assert report["train_rows"] == 90 and len(read[0]) == 90
+    assert [report["classifiers"][n]["train_rows"] for n in baselines.CLASSIFIERS] == [90, 90, 60]
+    whole = features.load_training()
+    for train in fitted:
+        assert np.bincount(train.y).tolist() == [30, 30, 30]
+        assert np.array_equal(train.x, whole.x[read[0]])
+    assert all(report[f"{n}_accuracy"] >= 0.9 for n in baselines.CLASSIFIERS)
+
+
+def test_chunked_scores_equal_whole_ones(splits, params, monkeypatch, tmp_path):
+    train, validation, test = splits
+    whole = {name: search(train, validation, params, seed=0).predict_proba(test.x)
+             for name, search in baselines.CLASSIFIERS.items()}
+    monkeypatch.setattr(baselines, "SCORE_CHUNK", 7)  # 90 test rows: 13 chunks
+    features.save(tmp_path / "test", test)
+    on_disk = features.open_split("test", tmp_path)  # read from disk a chunk at a time
+    for name, search in baselines.CLASSIFIERS.items():
+        found = search(train, validation, params, seed=0)
+        assert np.allclose(found.predict_proba(test.x), whole[name], rtol=1e-6, atol=1e-9)
+        assert np.allclose(found.predict_proba(on_disk.x), whole[name], rtol=1e-6, atol=1e-9)
 
 
 def test_stage_logs_nested_mlflow_runs_named_after_the_classifiers(feature_files, embedded,

@@ -79,3 +79,19 @@ def test_reading_a_large_split_in_batches_keeps_memory_flat(tmp_path):
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert total == 7 * n
     assert grown_mb < 40, f"peak memory grew by {grown_mb:.0f} MB"
+
+
+def test_rows_read_into_a_given_array_in_place(tmp_path):
+    x = np.random.default_rng(2).normal(size=(6, 4)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    reader = store.ArrayReader(tmp_path / "x.npy")
+    out = np.zeros((9, 4), "float32")
+    assert reader.read_into(out[2:6], start=1) is not None
+    assert np.array_equal(out[2:6], x[1:5]) and not out[:2].any() and not out[6:].any()
+    assert np.array_equal(reader.take([5, 0], out=out[:2]), x[[5, 0]])
+    assert np.array_equal(out[:2], x[[5, 0]])
+    assert reader.take([]).shape == (0, 4)
+    with pytest.raises(ValueError, match="rows 4:7 of 6"):
+        reader.read_into(out[:3], start=4)
+    with pytest.raises(ValueError, match="cannot read 2 rows"):
+        reader.read_into(np.zeros((2, 4), "float64"))

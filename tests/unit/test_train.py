@@ -275,3 +275,55 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, cf
                                checkpoint=checkpoint, seed=3).model.get_weights()
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(straight, resumed))
 
+
+
+def _epoch_of(batches: train.RowBatches, epoch: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Batch sizes, rows and one-hot labels of one epoch, in the order given."""
+    batches.set_epoch(epoch)
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in batches.dataset])
+    return [len(x) for x in xs], np.concatenate(xs), np.concatenate(ys)
+
+
+def test_row_batches_give_every_row_once_per_epoch_in_a_seeded_order():
+    # 1000 rows in batches of 16 (8 per gather, the last short); row i is [i, -i]
+    x = np.stack([np.arange(1000), -np.arange(1000)], axis=1).astype("float32")
+    labels = np.arange(1000) % 3
+    batches = train.RowBatches(x, labels, 3, batch_size=16, seed=4)
+    sizes, rows, y = _epoch_of(batches, 0)
+    assert sizes == [16] * 62 + [8] and len(batches) == 63  # as from_tensor_slices().batch()
+    assert sorted(rows[:, 0].astype(int)) == list(range(1000))  # every row once
+    assert np.array_equal(rows[:, 1], -rows[:, 0])              # rows stay whole
+    assert np.array_equal(y, train.one_hot(labels[rows[:, 0].astype(int)], 3))
+    assert rows.dtype == y.dtype == np.float32
+    _, second, _ = _epoch_of(batches, 1)
+    assert not np.array_equal(second, rows)                      # a new order each epoch
+    _, again, _ = _epoch_of(batches, 0)
+    assert np.array_equal(again, rows)                           # drawn from seed and epoch
+    _, fresh, _ = _epoch_of(train.RowBatches(x, labels, 3, 16, seed=4), 1)
+    assert np.array_equal(fresh, second)                         # alone: resumable
+    _, other_seed, _ = _epoch_of(train.RowBatches(x, labels, 3, 16, seed=5), 0)
+    assert not np.array_equal(other_seed, rows)
+
+
+def test_row_batches_cast_images_to_float32():
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    (batch, y), = train.RowBatches(x, np.array([0, 1]), 2, 8, seed=0).dataset
+    assert batch.dtype == "float32" and batch.shape == (2, 4, 4, 3)
+    assert sorted(batch.numpy()[:, 0, 0, 0]) == [0, 48]
+
+
+def test_train_head_repeats_exactly_with_its_seed(cfg_factory):
+    from tlearn.features import FeatureSet
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    x = (rng.normal(size=(300, 12)) + 4 * np.eye(3, 12)[y]).astype("float32")
+    data, validation = FeatureSet(x[:240], y[:240]), FeatureSet(x[240:], y[240:])
+    head = cfg_factory({"head.units": [8], "head.epochs": 4, "head.patience": 4,
+                        "head.learning_rate": 0.01,
+                        "head.batch_size": 16, "head.class_weight": "balanced"}).head
+    runs = [train.train_head(data, validation, 3, head, seed=1) for _ in range(2)]
+    assert runs[0][1] == runs[1][1] and len(runs[0][1]) == 4
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][0].get_weights(),
+                                                    runs[1][0].get_weights()))
+    assert runs[0][1][-1]["val_accuracy"] > 0.8  # it learns

@@ -94,10 +94,31 @@ class ArrayReader:
                            // self.dtype.itemsize, offset=self.offset + start * self.row_bytes)
         return data.reshape((count, *self.shape[1:]))
 
-    def take(self, indices: Sequence[int]) -> np.ndarray:
-        """Rows in the order given (a shuffled batch): one positioned read per row."""
-        out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
-        view = out.reshape(len(indices), -1).view(np.uint8)
+    def read_into(self, out: np.ndarray, start: int = 0) -> np.ndarray:
+        """Rows ``start:start + len(out)`` read straight into ``out`` (C-contiguous, this
+        file's dtype and row shape): no temporary array, so filling a slice of a larger
+        array costs nothing beyond that array."""
+        self._check_out(out, len(out))
+        if start + len(out) > len(self):
+            raise ValueError(f"{self.path}: rows {start}:{start + len(out)} of {len(self)}")
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset + start * self.row_bytes)
+            done = 0
+            while done < len(view):  # a raw read may return fewer bytes than asked
+                got = f.readinto(view[done:])
+                if not got:
+                    raise DataError(f"{self.path}: the file ends before row {len(self)}")
+                done += got
+        return out
+
+    def take(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Rows in the order given (a shuffled batch): one positioned read per row; into
+        ``out`` when given (as :meth:`read_into`)."""
+        if out is None:
+            out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        self._check_out(out, len(indices))
+        view = out.reshape(-1).view(np.uint8).reshape(len(indices), self.row_bytes)
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for row, index in enumerate(indices):
@@ -111,6 +132,13 @@ class ArrayReader:
     def batches(self, batch_size: int = BATCH_SIZE) -> Iterator[np.ndarray]:
         for start in range(0, len(self), batch_size):
             yield self.read(start, start + batch_size)
+
+    def _check_out(self, out: np.ndarray, rows: int) -> None:
+        if (out.shape != (rows, *self.shape[1:]) or out.dtype != self.dtype
+                or not out.flags.c_contiguous):
+            raise ValueError(f"{self.path}: cannot read {rows} rows of {self.shape[1:]} "
+                             f"{self.dtype} into a {'' if out.flags.c_contiguous else 'non-'}"
+                             f"contiguous {out.shape} {out.dtype} array")
 
 
 # --------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """baselines stage: logistic regression, a linear SVM and gradient boosting on the cached
-features (train + augmented copies to fit, validation to choose each one's knob, test to
-score) -> reports/baselines.json. Each classifier is a run of its own nested under the
-stage's run, with the test metrics under the names evaluate uses (``test/accuracy``). The
-logistic regression, the linear probe, is also kept as a softmax layer -> models/probe.npz:
-the fine-tune's floor (tlearn.stages.finetune)."""
+features (train + augmented copies to fit, at most ``baselines.max_train`` rows of them;
+validation to choose each one's knob, test to score) -> reports/baselines.json. Each
+classifier is a run of its own nested under the stage's run, with the test metrics under
+the names evaluate uses (``test/accuracy``). The logistic regression, the linear probe, is
+also kept as a softmax layer -> models/probe.npz: the fine-tune's floor
+(tlearn.stages.finetune)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,13 @@ def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
     from tlearn.metrics import SUMMARY_KEYS
 
     labels = read_json(paths.PREPARED_LABELS)
-    train = baselines.flat(features.load_training())
-    validation, test = (baselines.flat(features.load(s)) for s in ("validation", "test"))
+    available = features.training_labels()
+    # Only the sampled rows are read: the whole training set never sits in memory.
+    train = baselines.flat(features.load_training(rows=baselines.sample_rows(
+        available, cfg.baselines.max_train, cfg.base.seed)))
+    log.info("baselines: %d of %d training rows", len(train), len(available))
+    # Scored a chunk at a time from disk: their size does not count either.
+    validation, test = (features.open_split(s) for s in ("validation", "test"))
     results = {}
     for name, search in baselines.CLASSIFIERS.items():
         found = search(train, validation, cfg.baselines, cfg.base.seed)
@@ -52,6 +58,7 @@ def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
                 np.savez(tmp, kernel=kernel, bias=bias)
         child = tracker.child(name, {"classifier": name, found.knob: found.value,
                                      "candidates": [row["value"] for row in found.rows],
+                                     "train_rows": found.train_rows,
                                      "base.seed": cfg.base.seed})
         for step, row in enumerate(found.rows):  # step: the candidate's place in the search
             child.log({"search/val_accuracy": row["val_accuracy"]}, step=step)
@@ -63,8 +70,11 @@ def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
     # Timings go to MLflow (each classifier's run), not to the report DVC tracks.
     classifiers = {name: {k: v for k, v in result.items() if k != "seconds"}
                    for name, result in results.items()}
+    # split_sizes: the rows there are; train_rows: those the linear models fitted on
+    # (each classifier's own count is in its entry).
     write_json(STAGE.report, {**metrics, "classifiers": classifiers, "split_sizes": {
-        "train": len(train), "validation": len(validation), "test": len(test)}})
+        "train": len(available), "validation": len(validation), "test": len(test)},
+        "train_rows": len(train)})
     log.info("baselines: test accuracy %s", ", ".join(
         f"{name} {results[name]['accuracy']:.4f}" for name in results))
     return metrics
