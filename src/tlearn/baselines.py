@@ -146,7 +146,8 @@ def linear_svm(train: FeatureSet, validation: FeatureSet, params: BaselinesParam
     rows, model = _fit_each("linear_svm", "C", params.linear_svm, make, train, validation)
 
     def margins(x: Rows) -> np.ndarray:
-        scores = in_chunks(model.decision_function, x)  # (N,) for two classes: the second
+        # (N,) for two classes: the second class's margin
+        scores = in_chunks(model.decision_function, x)
         return np.column_stack([np.zeros_like(scores), scores]) if scores.ndim == 1 else scores
 
     temperature = fit_temperature(margins(validation.x), validation.y)
@@ -221,8 +222,8 @@ def evaluate(search: Search, test: FeatureSet, labels: Sequence[str]) -> dict:
 def sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     """Ascending indices of at most ``limit`` rows (all of them when there are no more),
     each class keeping its share (stratified, seeded): floor of its share, the rows left
-    over to the largest remainders, and at least one row per class (which alone may
-    exceed a ``limit`` below the number of classes)."""
+    over to the largest remainders, and at least one row per class (taken from the
+    largest shares; only a ``limit`` below the number of classes is exceeded)."""
     if len(labels) <= limit:
         return np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
@@ -231,6 +232,11 @@ def sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     left = limit - int(shares.sum())
     if left > 0:  # the largest remainders first, the first class on ties
         shares[np.argsort(-(exact - np.floor(exact)), kind="stable")[:left]] += 1
+    for _ in range(-left):  # the one-row minimums overshot: the largest shares give back
+        largest = int(np.argmax(shares))
+        if shares[largest] == 1:
+            break
+        shares[largest] -= 1
     rng = np.random.default_rng(seed)
     keep = [rng.choice(np.flatnonzero(labels == label), size=share, replace=False)
             for label, share in zip(classes, shares)]

@@ -121,10 +121,10 @@ def comparison(baselines: dict, evaluate: dict) -> list[dict]:
             for name, figures in baselines["classifiers"].items()]
     rows.append({"model": "keras_head", "route": "features + Keras head",
                  **{k: evaluate[f"head_{k}"] for k in SUMMARY_KEYS}})
-    rows.append({"model": "fine_tuned",
-                 "route": ("the linear probe, kept over the fine-tune (better on validation)"
-                           if evaluate.get("kept_probe") else "fine-tuned base + head"),
-                 **{k: evaluate[k] for k in SUMMARY_KEYS}})
+    rows.append({"model": "linear_probe", "route": "frozen base + the probe, kept over the "
+                 "fine-tune (better on validation)"} if evaluate.get("kept_probe") else
+                {"model": "fine_tuned", "route": "fine-tuned base + head"})
+    rows[-1] |= {k: evaluate[k] for k in SUMMARY_KEYS}
     return sorted(rows, key=lambda row: -row["accuracy"])
 
 

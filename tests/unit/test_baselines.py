@@ -116,6 +116,8 @@ def test_sample_rows_keep_everything_under_the_cap_and_a_row_of_each_class():
     labels = np.repeat([0, 1, 2], [200, 98, 2])
     assert np.array_equal(baselines.sample_rows(labels, 300, seed=0), np.arange(300))
     assert np.bincount(labels[baselines.sample_rows(labels, 20, seed=0)]).tolist() == [13, 6, 1]
+    rare = np.repeat([0, 1, 2], [1000, 1, 1])  # the minimums come out of the largest share
+    assert np.bincount(rare[baselines.sample_rows(rare, 3, seed=0)]).tolist() == [1, 1, 1]
 
 
 def test_comparison_puts_every_model_side_by_side_best_first():

@@ -52,10 +52,10 @@ def run(cfg: Config, tracker: Tracker = UNTRACKED) -> dict:
     for name, search in baselines.CLASSIFIERS.items():
         found = search(train, validation, cfg.baselines, cfg.base.seed)
         results[name] = report = baselines.evaluate(found, test, labels)
-        if name == PROBE:
+        if name == PROBE:  # with its validation accuracy: all the fine-tune's floor reads
             kernel, bias = found.linear
             with atomic_path(paths.PROBE) as tmp:
-                np.savez(tmp, kernel=kernel, bias=bias)
+                np.savez(tmp, kernel=kernel, bias=bias, val_accuracy=report["val_accuracy"])
         child = tracker.child(name, {"classifier": name, found.knob: found.value,
                                      "candidates": [row["value"] for row in found.rows],
                                      "train_rows": found.train_rows,

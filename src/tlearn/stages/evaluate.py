@@ -1,4 +1,5 @@
-"""evaluate stage: the head model and the fine-tuned model on the test split ->
+"""evaluate stage: the head model and the final model (fine-tuned, or the linear probe the
+fine-tune kept in its place) on the test split ->
 reports/evaluate.json (with the comparison against the classical baselines), the
 confusion matrix, the training curves and the worst mistakes."""
 

@@ -15,8 +15,6 @@ import logging
 from tlearn import paths
 from tlearn.config import Config
 from tlearn.stages import Stage
-from tlearn.stages.baselines import PROBE
-from tlearn.stages.baselines import STAGE as BASELINES
 from tlearn.stages.train_head import STAGE as TRAIN_HEAD
 
 log = logging.getLogger(__name__)
@@ -29,7 +27,7 @@ STAGE = Stage(
             "head.optimizer", "head.momentum", "head.label_smoothing", "head.class_weight",
             "finetune", "preset", "presets"),
     deps=(paths.HEAD_MODEL, paths.prepared_split("train"), paths.prepared_split("validation"),
-          TRAIN_HEAD.history, paths.EXTRACTOR, paths.PROBE, BASELINES.report),
+          TRAIN_HEAD.history, paths.EXTRACTOR, paths.PROBE),
     outs=(paths.MODEL,),
     report=paths.REPORTS / "finetune.json",
     plots=(paths.REPORTS / "finetune_history.csv",),
@@ -43,12 +41,13 @@ STAGE = Stage(
 
 def run(cfg: Config) -> dict:
     import keras
+    import numpy as np
 
     from tlearn import train
     from tlearn.checkpoint import Checkpoint, fingerprint
     from tlearn.data.batches import ImageBatches
     from tlearn.data.store import SplitReader
-    from tlearn.io import atomic_path, read_csv, read_json, write_csv, write_json
+    from tlearn.io import atomic_path, read_csv, write_csv, write_json
     from tlearn.models.head import count_params, find_base
 
     keras.utils.set_random_seed(cfg.base.seed)  # before loading: dropout seeds come from it
@@ -76,7 +75,8 @@ def run(cfg: Config) -> dict:
                "kept_head": best_epoch == first_epoch - 1}
     if start:
         metrics |= {f"start_{k}": v for k, v in start.items()}
-    probe_val_accuracy = read_json(BASELINES.report)["classifiers"][PROBE]["val_accuracy"]
+    with np.load(paths.PROBE) as probe:
+        probe_val_accuracy = float(probe["val_accuracy"])
     metrics |= {"probe_val_accuracy": probe_val_accuracy,
                 "kept_probe": probe_val_accuracy > metrics["val_accuracy"]}
     if metrics["kept_probe"]:
