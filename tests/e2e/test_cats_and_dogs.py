@@ -2,7 +2,7 @@
 EfficientNet-Lite0. In `make test`: at 160 px, the teaching material's setup (a logistic
 regression on frozen Lite0 features already reaches ~0.978 there, so the thresholds are
 tight). Marked slow (`make test-slow`, ~25 min here): the product's default, the photos
-preset at 224 px, measured at 0.990 test accuracy (0.991 with flip TTA)."""
+preset at 224 px, measured at 0.994 test accuracy (head 0.991, 0.991 with flip TTA)."""
 
 from __future__ import annotations
 
@@ -93,13 +93,14 @@ def test_a_flipped_cat_is_still_a_cat(trained):
 
 
 @pytest.mark.slow
-def test_the_photos_preset_reaches_0_985_on_cats_and_dogs(tmp_path):
-    """The default params on photos: 224 px, a flip copy, 49 layers fine-tuned, flip TTA.
-    Measured 0.989-0.990 (TTA 0.990-0.991); the threshold keeps a margin below that."""
+def test_the_photos_preset_reaches_0_99_on_cats_and_dogs(tmp_path):
+    """The default params on photos: 224 px, a flip copy, 49 layers fine-tuned, flip TTA,
+    the linear probe as the floor. Measured 0.991-0.994 (head 0.990-0.991, TTA 0.991): the
+    issue's thresholds, 0.99 and a head of 0.985."""
     run_pipeline(tmp_path, PHOTOS_PRESET)
     report = json.loads((tmp_path / "reports/evaluate.json").read_text())
     print(f"photos preset: test {report['accuracy']:.4f}, head {report['head_accuracy']:.4f}, "
           f"TTA {report['tta_accuracy']:.4f}")
     assert report["tta"] == "flip"
     assert report["head_accuracy"] >= 0.985
-    assert report["accuracy"] >= 0.985 and report["tta_accuracy"] >= 0.985
+    assert report["accuracy"] >= 0.99 and report["tta_accuracy"] >= 0.985
