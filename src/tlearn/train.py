@@ -8,7 +8,6 @@ so a killed run resumes where it stopped."""
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from tlearn.config import FinetuneParams, HeadParams
-from tlearn.data.augmentation import ORDER
+from tlearn.data.feed import RowBatches, untuned
 from tlearn.features import FeatureSet
 from tlearn.models.head import build_head, unfreeze_top
 
@@ -31,10 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 HEAD_STEPS_PER_CALL = 32
-#: Batches of the head's rows gathered per Python call (RowBatches): a call per batch
-#: made an epoch a fifth longer; a call of 32 (10 MB at 1280 features) left ~40 MB of
-#: freed chunks in the allocator's per-thread pools.
-HEAD_BATCHES_PER_GATHER = 8
 
 
 def make_optimizer(name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
@@ -106,11 +101,18 @@ class InMemory(NamedTuple):
     y: np.ndarray
 
 
+def as_dataset(data: tf.data.Dataset | ImageBatches | RowBatches) -> tf.data.Dataset:
+    """What ``model.fit`` and ``evaluate`` take: a batch source's pipeline (``.dataset``),
+    or ``data`` itself. (Duck-typed: importing ImageBatches here would make the head's
+    stages depend on the image batches' code.)"""
+    return getattr(data, "dataset", data)
+
+
 def validate(model: keras.Model, validation: tf.data.Dataset | ImageBatches | InMemory) -> dict:
     """Validation loss (the compiled loss; the models here have no regularisation losses)
     and accuracy of ``model``, as ``model.evaluate`` gives them."""
     if not isinstance(validation, InMemory):
-        measured = model.evaluate(validation, verbose=0, return_dict=True)
+        measured = model.evaluate(as_dataset(validation), verbose=0, return_dict=True)
         return {"val_loss": float(measured["loss"]), "val_accuracy": float(measured["accuracy"])}
     chunk, loss, correct, n = 4096, 0.0, 0, len(validation.x)  # chunks bound the activations
     for i in range(0, n, chunk):
@@ -167,9 +169,8 @@ def fit_epochs(model: keras.Model, train: tf.data.Dataset | ImageBatches | RowBa
             train.set_epoch(i)
         if seed is not None:
             reseed_layers(model, seed, i)
-        result = model.fit(train.dataset if isinstance(train, RowBatches) else train,
-                           epochs=i + 1, initial_epoch=i, class_weight=class_weight,
-                           shuffle=False, verbose=int(progress_bar))
+        result = model.fit(as_dataset(train), epochs=i + 1, initial_epoch=i,
+                           class_weight=class_weight, shuffle=False, verbose=int(progress_bar))
         row = {"epoch": first_epoch + i, "loss": float(result.history["loss"][-1]),
                "accuracy": float(result.history["accuracy"][-1]), **validate(model, validation)}
         log.info("epoch %d (%d/%d): %s", row["epoch"], i + 1, epochs,
@@ -226,55 +227,6 @@ def best_epoch_metrics(history: list[dict], start: dict | None = None,
             "best_epoch": best["epoch"]}
 
 
-class RowBatches:
-    """Shuffled training batches ``(float32 x, one-hot labels)`` gathered from the arrays
-    in memory, as tf.data (:attr:`dataset`). ``from_tensor_slices`` + ``shuffle`` held the
-    features twice more (a tensor copy and the shuffle buffer); here only the epoch's order
-    (one index per row) and the batches in flight are extra.
-
-    Each epoch's order is drawn from the seed and the epoch number alone
-    (:meth:`set_epoch`, called by :func:`fit_epochs`), as the fine-tune's image batches
-    are, so a run repeats exactly and each epoch sees every row once in a new order. One
-    Python call gathers the rows of ``HEAD_BATCHES_PER_GATHER`` batches and tf.data
-    splits them into batches."""
-
-    def __init__(self, x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
-                 seed: int):
-        self.x, self.labels = x, np.asarray(labels, dtype=np.int64)
-        self.n_classes, self.batch_size, self.seed = n_classes, batch_size, seed
-        self.chunk_rows = batch_size * HEAD_BATCHES_PER_GATHER
-        self.set_epoch(0)
-        self.dataset = self._dataset()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's order of the rows (from the seed and ``epoch`` alone)."""
-        self.order = np.random.default_rng([self.seed, ORDER, epoch]).permutation(len(self.x))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and labels of the epoch's ``index``-th run of ``chunk_rows`` rows."""
-        rows = self.order[index * self.chunk_rows:(index + 1) * self.chunk_rows]
-        return self.x[rows], self.labels[rows]
-
-    def _dataset(self) -> tf.data.Dataset:
-        def gather(index):
-            # Reads self.order when the batches are made: fit starts after set_epoch.
-            x, labels = tf.numpy_function(self.chunk, [index],
-                                          (tf.as_dtype(self.x.dtype), tf.int64))
-            x.set_shape((None, *self.x.shape[1:]))
-            labels.set_shape((None,))  # Keras' class weights need the labels' rank
-            return tf.cast(x, tf.float32), tf.one_hot(labels, self.n_classes)
-
-        chunks = math.ceil(len(self.x) / self.chunk_rows)
-        # Chunks hold whole batches (the last may be short), so rebatch cuts the epoch's
-        # order into the batches from_tensor_slices(...).batch() would.
-        return (tf.data.Dataset.range(chunks).map(gather).rebatch(self.batch_size)
-                .apply(tf.data.experimental.assert_cardinality(len(self)))
-                .prefetch(tf.data.AUTOTUNE))
-
-
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int,
                   seed: int | None = None) -> tf.data.Dataset:
     """Float32 batches of (x, y); shuffled each epoch when ``seed`` is given. Images stay
@@ -284,7 +236,7 @@ def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int,
     if seed is not None:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return untuned(ds.prefetch(1))
 
 
 # --------------------------------------------------------------------------------------

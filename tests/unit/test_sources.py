@@ -290,8 +290,9 @@ class Server:
                 self.end_headers()
                 if server.cut_after is not None:
                     chunk = chunk[:server.cut_after]
-                self.wfile.write(chunk)
+                # Recorded before sending: the client may check it as soon as it has the body.
                 record.update(status=status, sent=len(chunk))
+                self.wfile.write(chunk)
 
             def log_message(self, *args):
                 pass

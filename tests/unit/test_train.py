@@ -276,42 +276,6 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, cf
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(straight, resumed))
 
 
-
-def _epoch_of(batches: train.RowBatches, epoch: int) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Batch sizes, rows and one-hot labels of one epoch, in the order given."""
-    batches.set_epoch(epoch)
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in batches.dataset])
-    return [len(x) for x in xs], np.concatenate(xs), np.concatenate(ys)
-
-
-def test_row_batches_give_every_row_once_per_epoch_in_a_seeded_order():
-    # 1000 rows in batches of 16 (8 per gather, the last short); row i is [i, -i]
-    x = np.stack([np.arange(1000), -np.arange(1000)], axis=1).astype("float32")
-    labels = np.arange(1000) % 3
-    batches = train.RowBatches(x, labels, 3, batch_size=16, seed=4)
-    sizes, rows, y = _epoch_of(batches, 0)
-    assert sizes == [16] * 62 + [8] and len(batches) == 63  # as from_tensor_slices().batch()
-    assert sorted(rows[:, 0].astype(int)) == list(range(1000))  # every row once
-    assert np.array_equal(rows[:, 1], -rows[:, 0])              # rows stay whole
-    assert np.array_equal(y, train.one_hot(labels[rows[:, 0].astype(int)], 3))
-    assert rows.dtype == y.dtype == np.float32
-    _, second, _ = _epoch_of(batches, 1)
-    assert not np.array_equal(second, rows)                      # a new order each epoch
-    _, again, _ = _epoch_of(batches, 0)
-    assert np.array_equal(again, rows)                           # drawn from seed and epoch
-    _, fresh, _ = _epoch_of(train.RowBatches(x, labels, 3, 16, seed=4), 1)
-    assert np.array_equal(fresh, second)                         # alone: resumable
-    _, other_seed, _ = _epoch_of(train.RowBatches(x, labels, 3, 16, seed=5), 0)
-    assert not np.array_equal(other_seed, rows)
-
-
-def test_row_batches_cast_images_to_float32():
-    x = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
-    (batch, y), = train.RowBatches(x, np.array([0, 1]), 2, 8, seed=0).dataset
-    assert batch.dtype == "float32" and batch.shape == (2, 4, 4, 3)
-    assert sorted(batch.numpy()[:, 0, 0, 0]) == [0, 48]
-
-
 def test_train_head_repeats_exactly_with_its_seed(cfg_factory):
     from tlearn.features import FeatureSet
 

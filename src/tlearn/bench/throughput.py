@@ -4,9 +4,9 @@
   through the extractor, written to disk) against the extractor on in-memory tensors;
 - fine-tune: training images per second through ``model.fit`` on tlearn's batches from
   disk (shuffled, augmented) against a bare train step on in-memory tensors, with the
-  `photos` preset's unfrozen layers. A fit pass is an epoch of ``FIT_IMAGES`` (Keras'
-  start of an epoch, e.g. making two batches to learn their shapes, is spread over 32
-  batches, a small real epoch; cats vs dogs' fine-tune has 63 of 32 photos).
+  `photos` preset's unfrozen layers. A fit pass is one ``model.fit`` call over an epoch
+  of ``FIT_IMAGES``, as the fine-tune makes one per epoch: what a call costs besides its
+  steps counts (32 batches, a small real epoch; cats vs dogs' fine-tune has 63 of 32).
 
 Each ratio is the median of ``ROUNDS`` rounds' ratios, a round timing the model's own pass
 and then the stage's back to back (the machine's speed drifts between minutes). Speed
@@ -97,7 +97,7 @@ def finetune_ratio(split: Path) -> dict:
         batches.set_epoch(epoch[0])
         epoch[0] += 1
         started = time.perf_counter()
-        model.fit(batches, epochs=1, verbose=0)
+        model.fit(batches.dataset, epochs=1, verbose=0)
         return len(reader) / (time.perf_counter() - started)
 
     through_fit()  # fit traces its own function once

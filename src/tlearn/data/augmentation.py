@@ -27,24 +27,54 @@ ORDER, BATCH, COPY = 1, 2, 3
 
 
 class Augmenter:
-    """``augmenter(images, rng)``: uint8 images (N, H, W, 3) augmented, still uint8."""
+    """``augmenter(images, rng)``: uint8 images (N, H, W, 3) augmented, still uint8.
+
+    In two parts, so tf.data can run the pixel work as graph ops: :meth:`draw` makes a
+    batch's random draws (numpy), :meth:`apply` transforms the pixels with them (Keras ops,
+    on arrays or on tensors inside a tf.data map)."""
 
     def __init__(self, cfg: AugmentParams):
         self.cfg = cfg
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        transforms = self.transforms(len(images), images.shape[1], images.shape[2], rng)
-        if transforms is not None:
-            images = keras.ops.convert_to_numpy(keras.ops.image.affine_transform(
-                images, transforms, interpolation="nearest", fill_mode="reflect"))
+        if not (self.moves or self.cfg.contrast):
+            return images
+        transforms, factors = self.draw(len(images), images.shape[1], images.shape[2], rng)
+        return keras.ops.convert_to_numpy(self.apply(images, transforms, factors))
+
+    def draw(self, n: int, height: int, width: int,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The random draws for ``n`` images: affine transforms (float32 (n, 8)) and
+        contrast factors (float32 (n, 1, 1, 1)). Without geometry or contrast in the params
+        they are the identity and ones, and draw nothing from ``rng``."""
+        transforms = self.transforms(n, height, width, rng)
+        if transforms is None:
+            transforms = np.tile(np.array([1, 0, 0, 0, 1, 0, 0, 0], "float32"), (n, 1))
+        c = self.cfg.contrast
+        factors = (rng.uniform(1 - c, 1 + c, (n, 1, 1, 1)).astype("float32") if c
+                   else np.ones((n, 1, 1, 1), "float32"))
+        return transforms, factors
+
+    def apply(self, images, transforms, factors):
+        """``images`` (uint8) transformed with :meth:`draw`'s draws, still uint8; a step
+        the params leave out is skipped."""
+        if self.moves:
+            images = keras.ops.image.affine_transform(
+                images, transforms, interpolation="nearest", fill_mode="reflect")
         if self.cfg.contrast:
             # As keras.layers.RandomContrast: (x - mean) * factor + mean, per image and channel.
-            factor = rng.uniform(1 - self.cfg.contrast, 1 + self.cfg.contrast, (len(images), 1, 1, 1))
-            pixels = images.astype("float32")
-            mean = pixels.mean(axis=(1, 2), keepdims=True)
-            pixels = (pixels - mean) * factor.astype("float32") + mean
-            images = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+            pixels = keras.ops.cast(images, "float32")
+            mean = keras.ops.mean(pixels, axis=(1, 2), keepdims=True)
+            pixels = (pixels - mean) * factors + mean
+            images = keras.ops.cast(keras.ops.clip(keras.ops.round(pixels), 0, 255), "uint8")
         return images
+
+    @property
+    def moves(self) -> bool:
+        """Whether the geometry changes (the images are resampled)."""
+        cfg = self.cfg
+        return bool(cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation or cfg.translation
+                    or cfg.zoom)
 
     def transforms(self, n: int, height: int, width: int,
                    rng: np.random.Generator) -> np.ndarray | None:
@@ -53,8 +83,7 @@ class Augmenter:
         the pixel relative to the image centre, flipped, zoomed, rotated, then shifted.
         None when there is no geometry to change (the images are not resampled)."""
         cfg = self.cfg
-        if not (cfg.horizontal_flip or cfg.vertical_flip or cfg.rotation or cfg.translation
-                or cfg.zoom):
+        if not self.moves:
             return None
         # Every draw is made even when its range is 0, so the stream's layout is fixed.
         flip_x = np.where(cfg.horizontal_flip & (rng.random(n) < 0.5), -1.0, 1.0)
