@@ -14,7 +14,7 @@ help:
 	@echo "make test       build .venv, then the test suite (what CI runs)"
 	@echo "make test-slow  the tests marked slow (largest backbones, photos preset end to end, retrain scenarios)"
 	@echo "make bench      speed, memory and scale figures, printed and in reports/bench.json"
-	@echo "make bench-race tlearn against the plain Keras recipe (the recipe alone: ~26 min)"
+	@echo "make bench-race tlearn against the plain Keras recipe (the recipe alone: ~18 min)"
 	@echo "make ui         mlflow ui on 127.0.0.1:$(UI_PORT) against the project's store (UI_PORT=...)"
 	@echo "make tune-ui    optuna-dashboard on 127.0.0.1:$(TUNE_UI_PORT) against tune.storage (TUNE_UI_PORT=...)"
 	@echo "make serve      mlflow models serve $(SERVE_MODEL) on 127.0.0.1:$(SERVE_PORT) (raw images in; SERVE_PORT=...)"

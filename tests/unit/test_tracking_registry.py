@@ -154,3 +154,28 @@ def test_registering_twice_only_ignores_already_exists(embedded, monkeypatch):
     with pytest.raises(MlflowException, match="no"):
         registry.register(connected, config.load("params.yaml"), {"accuracy": 0.5},
                           run_id="r", pipeline_run_id=None)
+
+
+def test_the_same_model_on_the_same_test_split_is_registered_once(embedded, monkeypatch):
+    """Evaluate reruns on an unchanged model (e.g. another TTA setting): its version is
+    the challenger again, not a duplicate; another model file is a new version."""
+    connected = store.connect(embedded, "tlearn")
+    client = connected.client
+    save_split(paths.prepared_split("test"),
+               Split(np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]), np.array(["f"] * 2)))
+    paths.MODELS.mkdir()
+    paths.MODEL.write_bytes(b"model")
+    logged = client.create_logged_model(connected.experiment_id, name="model")
+    monkeypatch.setattr(client, "search_logged_models", lambda **kwargs: [logged])
+    run_id = client.create_run(connected.experiment_id).info.run_id
+
+    def register() -> str:
+        return registry.register(connected, config.load("params.yaml"), {"accuracy": 0.5},
+                                 run_id=run_id, pipeline_run_id=None)
+
+    assert register() == register() == "1"
+    paths.MODEL.write_bytes(b"another model")
+    assert register() == "2"
+    assert len(client.search_model_versions("name = 'tlearn'")) == 2
+    aliases = client.get_registered_model("tlearn").aliases
+    assert {alias: int(version) for alias, version in aliases.items()} == {registry.CHALLENGER: 2}

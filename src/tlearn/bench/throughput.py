@@ -97,7 +97,7 @@ def finetune_ratio(split: Path) -> dict:
         batches.set_epoch(epoch[0])
         epoch[0] += 1
         started = time.perf_counter()
-        model.fit(batches.dataset, epochs=1, verbose=0)
+        model.fit(batches.dataset, epochs=1, shuffle=False, verbose=0)
         return len(reader) / (time.perf_counter() - started)
 
     through_fit()  # fit traces its own function once

@@ -27,7 +27,9 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
              pipeline_run_id: str | None) -> str:
     """A new version of models/model.keras with alias challenger, tagged with its test
-    accuracy and the identity of the test split it was measured on; returns its version."""
+    accuracy and the identity of the test split it was measured on; returns its version.
+    The same file measured on the same split (evaluate rerun for another reason, e.g. its
+    TTA setting) is not registered again: its version becomes the challenger."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
@@ -35,6 +37,13 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
 
     client, name = store.client, cfg.tracking.registered_model
     md5 = file_digest(paths.MODEL, "md5")
+    test_split = split_digest(paths.prepared_split("test"))
+    existing = _version_of(client, name, md5, test_split)
+    if existing:
+        _make_challenger(client, name, existing, run_id, pipeline_run_id)
+        log.info("tracking: %s version %s is this very model on this test split: @%s again, "
+                 "no new version", name, existing, CHALLENGER)
+        return existing
     found = client.search_logged_models(  # the finetune stage logged this very file
         experiment_ids=[store.experiment_id], filter_string=f"tags.`tlearn.md5` = '{md5}'",
         max_results=1)
@@ -48,7 +57,7 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
             raise
     commit, _ = provenance.git_state()
     tags = {"test_accuracy": repr(float(metrics["accuracy"])),
-            "test_split_sha256": split_digest(paths.prepared_split("test")),
+            "test_split_sha256": test_split,
             "n_test": str(metrics.get("n_test", "")), "backbone": cfg.model.backbone,
             "data.source": cfg.data.source, "evaluate_run_id": run_id, "model_md5": md5}
     for key, value in (("git.commit", commit), ("pipeline_run_id", pipeline_run_id),
@@ -57,12 +66,26 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
             tags[key] = value
     version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
                                           tags=tags, model_id=model_id).version
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    for run in filter(None, (run_id, pipeline_run_id)):
-        client.set_tag(run, "registered_model_version", f"{name}/{version}")
+    version = str(version)
+    _make_challenger(client, name, version, run_id, pipeline_run_id)
     log.info("tracking: registered %s version %s (test accuracy %.4f) as @%s", name, version,
              float(metrics["accuracy"]), CHALLENGER)
     return version
+
+
+def _version_of(client, name: str, md5: str, test_split: str) -> str | None:
+    """The version of ``name`` registered for the model file ``md5`` measured on
+    ``test_split``, if there is one."""
+    return next((str(v.version) for v in client.search_model_versions(f"name = '{name}'")
+                 if v.tags.get("model_md5") == md5
+                 and v.tags.get("test_split_sha256") == test_split), None)
+
+
+def _make_challenger(client, name: str, version: str, run_id: str,
+                     pipeline_run_id: str | None) -> None:
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    for run in filter(None, (run_id, pipeline_run_id)):
+        client.set_tag(run, "registered_model_version", f"{name}/{version}")
 
 
 # --------------------------------------------------------------------------------------
