@@ -64,9 +64,9 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
                        ("dvc.exp_name", store.settings.dvc_exp_name)):
         if value:
             tags[key] = value
-    version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
-                                          tags=tags, model_id=model_id).version
-    version = str(version)
+    version = str(client.create_model_version(name, source=f"models:/{model_id}",
+                                              run_id=run_id, tags=tags,
+                                              model_id=model_id).version)
     _make_challenger(client, name, version, run_id, pipeline_run_id)
     log.info("tracking: registered %s version %s (test accuracy %.4f) as @%s", name, version,
              float(metrics["accuracy"]), CHALLENGER)
