@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from tlearn import __version__, config, stages
@@ -109,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="imagenet:<backbone>, a .keras file or models:/<name>@<alias> "
                         "(default: %(default)s; the window has a chooser)")
     p.set_defaults(handler=_gui)
+
+    p = sub.add_parser("probe", help="a first look at an image folder in one process: a linear "
+                                     "probe on frozen features, validation accuracy in "
+                                     "seconds, and a model predict takes")
+    p.add_argument("folder", type=Path, help="<class>/<images>, or <split>/<class>/<images> "
+                                             "with splits train, validation (or val), test")
+    p.add_argument("--image-size", type=int, default=192,
+                   help="pixels; below the backbone's own size for speed (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("models/folder_probe"),
+                   help="where the model and probe.json go (default: %(default)s)")
+    _add_params_options(p, "model.backbone=efficientnet_lite1")
+    p.set_defaults(handler=_probe)
 
     p = sub.add_parser("regress", help="Keras regression (Dense 16-8-1) on a table beside a "
                                        "linear regression: regress.source, regress.target")
@@ -214,7 +227,7 @@ def _gui(args: argparse.Namespace) -> int:
 
 def _regress(args: argparse.Namespace) -> int:
     from tlearn import config, regress
-    from tlearn.tracking.standalone import command_run
+    from tlearn.tracking.standalone import LoggedModel, command_run
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
     table = regress.load_table(cfg.regress.source, cfg.regress.target)  # before anything is made
@@ -224,13 +237,42 @@ def _regress(args: argparse.Namespace) -> int:
                      params, tags={"regress.source": cfg.regress.source}) as run:
         result = regress.run(cfg, table)
         run.finish(result.metrics, (regress.HISTORY_PREFIX, result.history),
-                   (regress.REPORT, regress.PLOT), (regress.MODEL, result.example))
+                   (regress.REPORT, regress.PLOT), LoggedModel(regress.MODEL, result.example))
     report = result.report
     print(regress.format_rows(report["first_rows"], report["target"]), end="")
     for name in ("network", "linear_regression"):
         figures = report[name]
         print(f"{name}: R2 {figures['r2']:.4f}, RMSE {figures['rmse']:.4f}, "
               f"MAE {figures['mae']:.4f} on {report['n_test']} test rows")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    started = time.perf_counter()  # the figures count the tracking store's connection too
+    from tlearn import probe
+    from tlearn.tracking.standalone import LoggedModel, command_run
+
+    cfg = config.load(args.params, overrides=_parse_overrides(args.set))
+    images = probe.list_images(args.folder, cfg)  # before anything is made
+    params = {"folder": str(args.folder), "image_size": args.image_size,
+              "base.seed": cfg.base.seed, **{f"model.{k}": v for k, v in vars(cfg.model).items()},
+              **{f"prepare.{k}": getattr(cfg.prepare, k) for k in ("resize_mode", "split")},
+              "baselines.logistic_regression": cfg.baselines.logistic_regression}
+    with command_run(args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required,
+                     "probe", params, tags={"probe.folder": str(args.folder)}) as run:
+        result, model = probe.run(images, cfg, args.image_size,
+                                  on_validation=lambda r: print(probe.summary(r), flush=True),
+                                  started=started)
+        files = probe.save(args.out, result, model)
+        run.finish(result.metrics(), ("probe", []), files, LoggedModel(
+            args.out / probe.MODEL_FILE, result.example, result.classes, result.resize_mode))
+    if result.test:
+        print(f"test accuracy {result.test['accuracy']:.4f} on {result.counts['test']} images "
+              f"({result.seconds:.1f} s in all)")
+    for bad in result.skipped:
+        log.warning("skipped %s: %s", bad["file"], bad["reason"])
+    print(f"model: {args.out / probe.MODEL_FILE} (tlearn predict --model "
+          f"{args.out / probe.MODEL_FILE} IMAGE)")
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 
 #: What ``make bench`` runs, in this order (under 25 minutes on a 2-core machine).
 #: serve needs models/model.keras: pipeline's, from its scratch project, or make run's.
-BENCHMARKS = ("throughput", "pipeline", "serve", "scale", "tune")
+BENCHMARKS = ("throughput", "pipeline", "probe", "serve", "scale", "tune")
 
 
 def main(names: list[str]) -> None:

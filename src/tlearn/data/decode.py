@@ -58,7 +58,7 @@ def decode_all(raw: Path, files: list[RawFile], scratch: Path, size: int, mode: 
                                min_side=min_side)
     blank = np.zeros((1, size, size, 3), np.uint8)
     results = []
-    with Pool(min(os.cpu_count() or 1, 8)) as pool, \
+    with Pool(worker_count()) as pool, \
             ArrayWriter(scratch, len(files), (size, size, 3), "uint8") as out:
         decoded = pool.imap(decode, [raw / f.path for f in files], chunksize=16)
         for digest, image, error in tqdm(decoded, total=len(files), desc="prepare",
@@ -66,6 +66,11 @@ def decode_all(raw: Path, files: list[RawFile], scratch: Path, size: int, mode: 
             out.write(blank if image is None else image[None])
             results.append(Decoded(digest, error))
     return results
+
+
+def worker_count() -> int:
+    """Decoding processes: one per core, at most 8."""
+    return min(os.cpu_count() or 1, 8)
 
 
 def _decode(path: Path, size: int, mode: str, max_pixels: int, min_side: int):

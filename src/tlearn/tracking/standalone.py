@@ -1,13 +1,14 @@
-"""Runs of the commands outside the pipeline (``tlearn regress``): one top-level run each,
-in the command's own experiment, with the pipeline's conventions: the params it used, the
-git state as tags, per-epoch curves with step = the epoch, ``test/<metric>`` figures, its
-reports as artifacts and its model with a signature."""
+"""Runs of the commands outside the pipeline (``tlearn regress``, ``tlearn probe``): one
+top-level run each, in the command's own experiment, with the pipeline's conventions: the
+params it used, the git state as tags, per-epoch curves with step = the epoch,
+``test/<metric>`` figures, its reports as artifacts and its model with a signature."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,18 @@ from tlearn.tracking.records import (history_metrics, log_files, log_metrics, lo
 from tlearn.tracking.store import Settings, Store, connect, one_line, tracked
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A command's model for its run: a regressor (``example``: a few rows of its input
+    table), or with ``labels`` an image classifier (``example``: a few prepared uint8
+    images; ``resize_mode``: how its images are square-ified)."""
+
+    file: Path
+    example: Any
+    labels: list[str] | None = None
+    resize_mode: str | None = None
 
 
 class CommandRun:
@@ -38,9 +51,9 @@ class CommandRun:
         log.info("tracking: %s run %s at %s", name, self.run_id, store.uri)
 
     def finish(self, metrics: Mapping[str, Any], history: tuple[str, list[dict]],
-               files: Iterable[Path], model: tuple[Path, Any]) -> None:
+               files: Iterable[Path], model: LoggedModel) -> None:
         """The figures, the per-epoch curves ``(prefix, rows)``, the report files and the
-        model ``(path, a few input rows)``."""
+        model."""
         from tlearn.tracking import models
 
         with self.store.guarded():
@@ -48,7 +61,11 @@ class CommandRun:
                         [(k, v, 0) for k, v in numeric_items(metrics).items()]
                         + history_metrics(*history))
             log_files(self.client, self.run_id, files)
-            models.log_regressor(*model)
+            if model.labels is None:
+                models.log_regressor(model.file, model.example)
+            else:
+                models.log_model(model.file, model.file.stem, model.labels, model.resize_mode,
+                                 model.example)
 
     def end(self, error: BaseException | None = None) -> None:
         import mlflow
