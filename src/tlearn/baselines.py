@@ -61,6 +61,11 @@ class Search:
     # how the linear probe becomes a Keras head (tlearn.models.head.linear_head).
     linear: tuple[np.ndarray, np.ndarray] | None = None
 
+    @property
+    def val_accuracy(self) -> float:
+        """The chosen value's validation accuracy."""
+        return self.rows[_best(self.rows)]["val_accuracy"]
+
 
 def _best(rows: list[dict]) -> int:
     """The best validation accuracy; on ties the first (candidates go simplest first)."""
@@ -214,7 +219,7 @@ def evaluate(search: Search, test: FeatureSet, labels: Sequence[str]) -> dict:
     """The chosen model on the test split, with its search: the classifier's report."""
     report = classification_report(test.y, search.predict_proba(test.x), labels)
     return {"knob": search.knob, "value": search.value, "train_rows": search.train_rows,
-            "val_accuracy": search.rows[_best(search.rows)]["val_accuracy"],
+            "val_accuracy": search.val_accuracy,
             "seconds": search.seconds, "search": search.rows,
             **{k: report[k] for k in SUMMARY_KEYS}}
 

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "seconds, and a model predict takes")
     p.add_argument("folder", type=Path, help="<class>/<images>, or <split>/<class>/<images> "
                                              "with splits train, validation (or val), test")
-    p.add_argument("--image-size", type=int, default=192,
+    p.add_argument("--image-size", type=_positive_int, default=192,
                    help="pixels; below the backbone's own size for speed (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("models/folder_probe"),
                    help="where the model and probe.json go (default: %(default)s)")
@@ -227,7 +227,7 @@ def _gui(args: argparse.Namespace) -> int:
 
 def _regress(args: argparse.Namespace) -> int:
     from tlearn import config, regress
-    from tlearn.tracking.standalone import LoggedModel, command_run
+    from tlearn.tracking.standalone import Regressor, command_run
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
     table = regress.load_table(cfg.regress.source, cfg.regress.target)  # before anything is made
@@ -236,8 +236,9 @@ def _regress(args: argparse.Namespace) -> int:
     with command_run(args.settings, cfg.regress.experiment, cfg.tracking.required, "regress",
                      params, tags={"regress.source": cfg.regress.source}) as run:
         result = regress.run(cfg, table)
-        run.finish(result.metrics, (regress.HISTORY_PREFIX, result.history),
-                   (regress.REPORT, regress.PLOT), LoggedModel(regress.MODEL, result.example))
+        run.finish(result.metrics, (regress.REPORT, regress.PLOT),
+                   Regressor(regress.MODEL, result.example),
+                   history=(regress.HISTORY_PREFIX, result.history))
     report = result.report
     print(regress.format_rows(report["first_rows"], report["target"]), end="")
     for name in ("network", "linear_regression"):
@@ -248,32 +249,39 @@ def _regress(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    started = time.perf_counter()  # the figures count the tracking store's connection too
+    started = time.perf_counter()  # its figures count the tracking store's connection too
     from tlearn import probe
-    from tlearn.tracking.standalone import LoggedModel, command_run
+    from tlearn.tracking.standalone import ImageClassifier, command_run
 
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
-    images = probe.list_images(args.folder, cfg)  # before anything is made
+    probe.check(cfg, args.image_size, args.out)
+    images = probe.list_images(args.folder, cfg)  # all before anything is made
     params = {"folder": str(args.folder), "image_size": args.image_size,
-              "base.seed": cfg.base.seed, **{f"model.{k}": v for k, v in vars(cfg.model).items()},
-              **{f"prepare.{k}": getattr(cfg.prepare, k) for k in ("resize_mode", "split")},
-              "baselines.logistic_regression": cfg.baselines.logistic_regression}
+              "base.seed": cfg.base.seed, "features.batch_size": cfg.features.batch_size,
+              **{f"model.{k}": v for k, v in vars(cfg.model).items()},
+              **{f"prepare.{k}": v for k, v in vars(cfg.prepare).items() if k != "image_size"},
+              **{f"baselines.{k}": getattr(cfg.baselines, k)
+                 for k in ("logistic_regression", "max_iter", "max_train")}}
     with command_run(args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required,
                      "probe", params, tags={"probe.folder": str(args.folder)}) as run:
-        result, model = probe.run(images, cfg, args.image_size,
-                                  on_validation=lambda r: print(probe.summary(r), flush=True),
-                                  started=started)
-        files = probe.save(args.out, result, model)
-        run.finish(result.metrics(), ("probe", []), files, LoggedModel(
-            args.out / probe.MODEL_FILE, result.example, result.classes, result.resize_mode))
-    if result.test:
+        result, model = probe.run(images, cfg, args.image_size, started=started,
+                                  on_validation=lambda r: print(probe.summary(r), flush=True))
         print(f"test accuracy {result.test['accuracy']:.4f} on {result.counts['test']} images "
-              f"({result.seconds:.1f} s in all)")
-    for bad in result.skipped:
-        log.warning("skipped %s: %s", bad["file"], bad["reason"])
-    print(f"model: {args.out / probe.MODEL_FILE} (tlearn predict --model "
-          f"{args.out / probe.MODEL_FILE} IMAGE)")
+              f"after {result.seconds_to_test:.1f} s", flush=True)
+        files = probe.save(args.out, result, model)
+        run.finish(result.metrics(), files, ImageClassifier(
+            args.out / probe.MODEL_FILE, result.example, result.classes, result.resize_mode))
+    for bad in images.duplicates + result.skipped:
+        log.warning("left out %s: %s", bad["file"], bad["reason"])
+    model_file = args.out / probe.MODEL_FILE
+    print(f"model: {model_file} (tlearn predict --model {model_file} IMAGE)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:

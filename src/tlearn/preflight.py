@@ -23,11 +23,16 @@ def check(cfg: Config, groups: tuple[str, ...] | None = None) -> None:
         check_source(cfg)
 
 
-def check_backbone(cfg: Config) -> None:
+def backbone(cfg: Config) -> backbones.Backbone:
+    """The entry of ``model.backbone``; a ConfigError naming the key (and the close names)."""
     try:
-        entry = backbones.get(cfg.model.backbone)
+        return backbones.get(cfg.model.backbone)
     except TlearnError as exc:  # unknown name, with the close ones
         raise ConfigError(f"params.yaml: model.backbone: {exc}") from None
+
+
+def check_backbone(cfg: Config) -> None:
+    entry = backbone(cfg)
     if cfg.prepare.image_size < entry.min_size:
         raise ConfigError(f"params.yaml: prepare.image_size is {cfg.prepare.image_size}, below "
                           f"the minimum {entry.min_size} of backbone {entry.name} "

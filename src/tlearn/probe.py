@@ -4,38 +4,37 @@ seconds rather than minutes, before any pipeline runs.
 One process, no DVC: worker processes decode and square-ify the images (as prepare does)
 while the frozen base turns each batch into a pooled feature vector (as the features stage
 does); the logistic regression of the baselines stage (the linear probe, the same search
-over C) is fitted on the training vectors and scored on validation, then on test when the
-folder has one. What it leaves is a model ``tlearn predict``, the GUI and serving take:
-the extractor with the regression as its softmax head.
+over C) is fitted on the training vectors and scored on validation, then on test. What it
+leaves is a model ``tlearn predict``, the GUI and serving take: the extractor with the
+regression as its softmax head.
 
-It is fast because each image goes through the base once, decoding overlaps the base (and
-TensorFlow's import), and there is no augmentation, no head training and no fine-tune: a
-baseline for the pipeline, which keeps the same kind of probe at its own image size as its
-fine-tune's floor. Its image size is its own (``--image-size``, 192 by default: on the
-cats-vs-dogs photos 1.4x faster than 224 px at about the same validation accuracy).
+It is fast because each image goes through the base once, decoding starts before
+TensorFlow is imported and then runs beside the base, and there is no augmentation, no
+head training and no fine-tune: a baseline for the pipeline, which keeps the same kind of
+probe, at its own image size, as its fine-tune's floor.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
-from tlearn import baselines
+from tlearn import baselines, paths, preflight
 from tlearn.config import Config
 from tlearn.data import decode, splits
-from tlearn.data.images import BadImage, load_rgb
-from tlearn.data.sources import SPLIT_ALIASES, folder_layout
-from tlearn.errors import DataError
+from tlearn.data.folders import IGNORED_NAMES
+from tlearn.data.sources import SPLIT_ALIASES, split_folders
+from tlearn.errors import ConfigError, DataError
 from tlearn.features import FeatureSet
-from tlearn.io import atomic_path, write_json
+from tlearn.io import atomic_path, file_digest, write_json
 from tlearn.metrics import SUMMARY_KEYS
 
 MODEL_FILE, REPORT_FILE = "model.keras", "probe.json"
@@ -43,9 +42,11 @@ MODEL_FILE, REPORT_FILE = "model.keras", "probe.json"
 #: TensorFlow imports and the base is built, but a large folder never sits in memory.
 DECODED_AHEAD_BYTES = 256 * 2**20
 
+Decoded = tuple[np.ndarray | None, str | None]  # decode.load: (image, None) or (None, why)
+
 
 @dataclass(frozen=True)
-class Image:
+class LabelledFile:
     path: Path
     label: int  # index into the class names
 
@@ -53,115 +54,146 @@ class Image:
 @dataclass(frozen=True)
 class FolderImages:
     classes: list[str]
-    splits: dict[str, list[Image]]  # train, validation, test
+    splits: dict[str, list[LabelledFile]]  # train, validation, test
+    duplicates: list[dict]                 # [{"file", "reason"}]: left out
 
 
 @dataclass
 class ProbeResult:
-    classes: list[str]
+    backbone: str
     image_size: int
     resize_mode: str
-    counts: dict[str, int]                # images per split the probe used
-    search: list[dict]                    # [{"value": C, "val_accuracy": a}, ...]
+    classes: list[str]
+    counts: dict[str, int]        # the images each split gave the probe (decoded)
+    n_train_listed: int           # training images in the folder (fitted: counts["train"])
+    c: float                      # the logistic regression's chosen C
+    search: list[dict]            # [{"value": C, "val_accuracy": a}, ...]
     val_accuracy: float
-    seconds_to_validation: float          # from ``started`` to val_accuracy
-    test: dict | None = None              # the classification report on test, if any
-    skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}] not decodable
-    seconds: float = 0.0
-    example: np.ndarray | None = None     # two prepared validation images (uint8)
+    seconds_to_validation: float  # from ``started`` (see run) to val_accuracy
+    skipped: list[dict]           # [{"file", "reason"}]: did not decode
+    example: np.ndarray           # two prepared validation images (uint8), for MLflow
+    test: dict = field(default_factory=dict)  # accuracy, top_k_accuracy, loss on test
+    seconds_to_test: float = 0.0
 
     def metrics(self) -> dict[str, float]:
         """The run's figures, named as the pipeline names them."""
-        test = {f"test/{k}": self.test[k] for k in SUMMARY_KEYS} if self.test else {}
-        return {"val_accuracy": self.val_accuracy,
-                "seconds_to_validation": self.seconds_to_validation, "seconds": self.seconds,
-                "n_skipped": len(self.skipped),
-                **{f"n_{split}": n for split, n in self.counts.items()}, **test}
+        return {"val_accuracy": self.val_accuracy, **{f"test/{k}": v for k, v in self.test.items()},
+                "seconds_to_validation": self.seconds_to_validation,
+                "seconds_to_test": self.seconds_to_test, "n_skipped": len(self.skipped),
+                "n_train_listed": self.n_train_listed,
+                **{f"n_{split}": n for split, n in self.counts.items()}}
 
     def report(self) -> dict:
-        return {"classes": self.classes, "image_size": self.image_size, "counts": self.counts,
-                "val_accuracy": self.val_accuracy, "logistic_regression": self.search,
-                "seconds_to_validation": self.seconds_to_validation, "seconds": self.seconds,
-                "test": self.test, "skipped": self.skipped}
+        return {k: v for k, v in vars(self).items() if k != "example"}
+
+
+def check(cfg: Config, image_size: int, out: Path) -> None:
+    """What can be checked before any work (ConfigError): the backbone's name, the image
+    size against its minimum, and that ``out`` is not the pipeline's ``models/`` itself
+    (the probe's model would replace the pipeline's)."""
+    entry = preflight.backbone(cfg)
+    if image_size < entry.min_size:
+        raise ConfigError(f"--image-size {image_size} is below the minimum {entry.min_size} "
+                          f"of backbone {entry.name} (its default is {entry.default_size})")
+    if out.resolve() == paths.MODELS.resolve():
+        raise ConfigError(f"--out {out} is the pipeline's models folder: choose another "
+                          "(default: models/folder_probe)")
 
 
 def list_images(folder: Path, cfg: Config) -> FolderImages:
-    """The class names and each split's images: split folders (train, validation or val,
-    test) as the folder gives them, the missing validation and test carved from train as
-    prepare carves them (``prepare.split``, ``base.seed``; no de-duplication here)."""
+    """The class names and each split's images. Split folders (train, validation or val,
+    test) are kept; exact duplicates are left out (the copy in test, then validation, is
+    kept); missing validation and test are carved from train as prepare carves them
+    (``prepare.split``, ``base.seed``). Unlike prepare, files that do not decode are left
+    out after the split, not before (the probe decodes while it goes)."""
     if not folder.is_dir():
         raise DataError(f"tlearn probe: {folder} is not a folder")
-    layout = folder_layout(folder)
-    has_splits = None not in layout
-    found = decode.list_files(folder, has_splits)
-    items = [splits.Item(path=f.path, label=f.label, digest=f.path,
-                         split=SPLIT_ALIASES[f.split.lower()] if f.split else None)
-             for f in found]
-    if not items:
+    found = [f for f in decode.list_files(folder, has_splits=bool(split_folders(folder)))
+             if not IGNORED_NAMES & set(Path(f.path).parts)]
+    if not found:
         raise DataError(f"tlearn probe: no image files in {folder} (expected <class>/<images> "
                         "or <split>/<class>/<images>)")
-    items = splits.assign(items, cfg.prepare.split.validation, cfg.prepare.split.test,
-                          cfg.base.seed)
+    items = [splits.Item(path=f.path, label=f.label, digest=file_digest(folder / f.path),
+                         split=SPLIT_ALIASES[f.split.lower()] if f.split else None)
+             for f in found]
+    items, duplicates = splits.drop_duplicates(items)
+    items = sorted(splits.assign(items, cfg.prepare.split.validation, cfg.prepare.split.test,
+                                 cfg.base.seed), key=lambda it: it.path)
     classes = splits.check_classes(items)
+    index = {name: i for i, name in enumerate(classes)}
     return FolderImages(classes, {
-        s: [Image(folder / it.path, classes.index(it.label))
-            for it in sorted(items, key=lambda it: it.path) if it.split == s]
-        for s in splits.SPLITS})
+        s: [LabelledFile(folder / it.path, index[it.label]) for it in items if it.split == s]
+        for s in splits.SPLITS}, duplicates)
 
 
 def run(images: FolderImages, cfg: Config, image_size: int,
         on_validation: Callable[[ProbeResult], None] | None = None,
         started: float | None = None) -> tuple[ProbeResult, object]:
     """Probe a folder's ``images`` (:func:`list_images`) at ``image_size``; ``on_validation``
-    hears the result as soon as validation is scored (before test). Returns the result and
+    hears the result as soon as validation is scored, before test. Returns the result and
     the model (extractor + linear softmax head). Its seconds count from ``started`` (a
-    ``time.perf_counter()``; default: now)."""
+    ``time.perf_counter()``; default: now).
+
+    At most ``baselines.max_train`` training images are used (a stratified sample, as the
+    baselines stage fits on), so a large folder costs no more than that to fit."""
     started = time.perf_counter() if started is None else started
-    classes, by_split = images.classes, images.splits
-    order = [image for s in splits.SPLITS for image in by_split[s]]
-    load = functools.partial(_load, size=image_size, mode=cfg.prepare.resize_mode,
+    listed = images.splits["train"]
+    keep = baselines.sample_rows(np.array([f.label for f in listed]), cfg.baselines.max_train,
+                                 cfg.base.seed)
+    order = {"train": [listed[i] for i in keep], "validation": images.splits["validation"],
+             "test": images.splits["test"]}
+    load = functools.partial(decode.load, size=image_size, mode=cfg.prepare.resize_mode,
                              max_pixels=cfg.prepare.max_pixels, min_side=cfg.prepare.min_side)
     batch_size = cfg.features.batch_size
-    # The pool forks before TensorFlow is imported (forking after it is unsafe), and starts
-    # decoding at once: TensorFlow's import and the base's building overlap it.
-    with Pool(decode.worker_count()) as pool:
-        ahead = max(1, DECODED_AHEAD_BYTES // (batch_size * image_size * image_size * 3))
-        decoded = itertools.chain.from_iterable(decoded_batches(
-            pool, load, [image.path for image in order], batch_size, ahead))
+    # Forked before TensorFlow is imported (a fork after it is unsafe); a worker that dies
+    # (out of memory) fails the probe instead of hanging it, as multiprocessing.Pool would.
+    pool = ProcessPoolExecutor(decode.worker_count(),
+                               mp_context=multiprocessing.get_context("fork"))
+    try:
+        decoded = decode_ahead(pool, load, [f.path for s in order for f in order[s]],
+                               batch_size, ahead=max(1, DECODED_AHEAD_BYTES // (
+                                   batch_size * image_size * image_size * 3)))
         from tlearn.models.head import assemble, build_extractor, linear_head
 
         extractor = build_extractor(cfg.model.backbone, image_size, cfg.model.weights, "avg")
-        features = {s: _extract(extractor, decoded, by_split[s], batch_size)
-                    for s in ("train", "validation")}
-        search = baselines.logistic_regression(
-            baselines.subsample(features["train"][0], cfg.baselines.max_train, cfg.base.seed),
-            features["validation"][0], cfg.baselines, cfg.base.seed)
+        train, skipped = _extract(extractor, decoded, order["train"], batch_size)
+        validation, skipped_validation = _extract(extractor, decoded, order["validation"],
+                                                  batch_size)
+        # The regression learns only the classes it sees, and its softmax layer has a
+        # column per class seen: every class needs a training image that decoded.
+        seen = set(train.y.tolist())
+        if missing := [name for i, name in enumerate(images.classes) if i not in seen]:
+            raise DataError(f"tlearn probe: no training image of {', '.join(missing)} decoded "
+                            f"({len(skipped)} of the training files did not, e.g. "
+                            f"{skipped[0]['file']}: {skipped[0]['reason']})")
+        search = baselines.logistic_regression(train, validation, cfg.baselines, cfg.base.seed)
         result = ProbeResult(
-            classes, image_size, cfg.prepare.resize_mode,
-            counts={s: len(f[0]) for s, f in features.items()}, search=search.rows,
-            val_accuracy=max(row["val_accuracy"] for row in search.rows),
+            cfg.model.backbone, image_size, cfg.prepare.resize_mode, images.classes,
+            counts={"train": len(train), "validation": len(validation)},
+            n_train_listed=len(listed), c=search.value, search=search.rows,
+            val_accuracy=search.val_accuracy,
             seconds_to_validation=round(time.perf_counter() - started, 1),
-            skipped=[bad for s in features for bad in features[s][1]])
-        decodable = (p for p in (load(i.path) for i in by_split["validation"])
-                     if not isinstance(p, str))
-        result.example = np.stack(list(itertools.islice(decodable, 2)))
+            skipped=skipped + skipped_validation, example=_example(load, order["validation"]))
         if on_validation:
             on_validation(result)
-        if by_split["test"]:
-            test, skipped = _extract(extractor, decoded, by_split["test"], batch_size)
-            result.counts["test"], result.skipped = len(test), result.skipped + skipped
-            result.test = baselines.evaluate(search, test, classes)
-    model = assemble(extractor, linear_head(tuple(extractor.output.shape[1:]), *search.linear))
-    result.seconds = round(time.perf_counter() - started, 1)
-    return result, model
+        test, skipped_test = _extract(extractor, decoded, order["test"], batch_size)
+        report = baselines.evaluate(search, test, images.classes)
+        result.test = {k: report[k] for k in SUMMARY_KEYS}
+        result.counts["test"], result.skipped = len(test), result.skipped + skipped_test
+        result.seconds_to_test = round(time.perf_counter() - started, 1)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return result, assemble(extractor, linear_head(tuple(extractor.output.shape[1:]),
+                                                   *search.linear))
 
 
 def summary(result: ProbeResult) -> str:
     """The line to print as soon as validation is scored."""
-    best = max(result.search, key=lambda row: row["val_accuracy"])
-    return (f"{len(result.classes)} classes, {result.counts['train']} training images at "
+    fitted, listed = result.counts["train"], result.n_train_listed
+    return (f"{len(result.classes)} classes, {fitted}"
+            f"{f' of {listed}' if fitted < listed else ''} training images at "
             f"{result.image_size} px: validation accuracy {result.val_accuracy:.4f} on "
-            f"{result.counts['validation']} images (logistic regression, C={best['value']}) "
+            f"{result.counts['validation']} images (logistic regression, C={result.c:g}) "
             f"after {result.seconds_to_validation:.1f} s")
 
 
@@ -180,56 +212,72 @@ def save(folder: Path, result: ProbeResult, model) -> list[Path]:
     return [folder / REPORT_FILE]
 
 
-def decoded_batches(pool, load: Callable[[Path], np.ndarray | str], paths: Sequence[Path],
-                    batch_size: int, ahead: int) -> Iterator[list[np.ndarray | str]]:
-    """``load`` of each path in ``pool``, a batch at a time in order, with up to ``ahead``
-    batches decoding while the caller works on the current one."""
-    starts = iter(range(0, len(paths), batch_size))
+def decode_ahead(pool, load: Callable[[Path], Decoded], files: Sequence[Path],
+                 batch_size: int, ahead: int) -> Iterator[Decoded]:
+    """``load`` of each file in ``pool``, in order. The first ``ahead`` batches of
+    ``batch_size`` are submitted before this returns, so decoding starts now; each batch
+    taken submits the next one."""
+    starts = iter(range(0, len(files), batch_size))
     pending: deque = deque()
 
     def submit() -> None:
         start = next(starts, None)
         if start is not None:
-            pending.append(pool.map_async(load, paths[start:start + batch_size]))
+            pending.append(pool.submit(_load_all, load, files[start:start + batch_size]))
 
     for _ in range(ahead):
         submit()
-    while pending:
-        batch = pending.popleft().get()
-        submit()
-        yield batch
+
+    def results() -> Iterator[Decoded]:
+        while pending:
+            batch = pending.popleft().result()
+            submit()
+            yield from batch
+
+    return results()
 
 
-def _extract(extractor, decoded: Iterator[np.ndarray | str], images: list[Image],
+def _load_all(load: Callable[[Path], Decoded], files: Sequence[Path]) -> list[Decoded]:
+    return [load(path) for path in files]
+
+
+def _extract(extractor, decoded: Iterator[Decoded], files: list[LabelledFile],
              batch_size: int) -> tuple[FeatureSet, list[dict]]:
-    """The next ``len(images)`` decoded images through ``extractor``, ``batch_size`` at a
-    time: their features and labels, and the images that did not decode."""
+    """The next ``len(files)`` decoded images through ``extractor``, ``batch_size`` at a
+    time: their features and labels, and the files that did not decode."""
     rows, labels, skipped, pending = [], [], [], []
 
     def flush() -> None:
-        rows.append(np.asarray(extractor.predict_on_batch(np.stack(pending).astype("float32"))))
+        # A short last batch is padded to the full size: one traced function serves all.
+        batch = np.zeros((batch_size, *pending[0].shape), "float32")
+        batch[:len(pending)] = pending
+        rows.append(np.asarray(extractor.predict_on_batch(batch))[:len(pending)])
         pending.clear()
 
-    for image in images:
-        pixels = next(decoded)
-        if isinstance(pixels, str):
-            skipped.append({"file": str(image.path), "reason": pixels})
+    for file in files:
+        pixels, error = next(decoded)
+        if error is not None:
+            skipped.append({"file": str(file.path), "reason": error})
             continue
         pending.append(pixels)
-        labels.append(image.label)
+        labels.append(file.label)
         if len(pending) == batch_size:
             flush()
     if pending:
         flush()
     if not rows:
-        raise DataError(f"tlearn probe: none of the {len(images)} images of a split decoded "
-                        f"(first: {skipped[0]['file']}: {skipped[0]['reason']})")
+        raise DataError(f"tlearn probe: none of the {len(files)} images of a split decoded "
+                        f"(e.g. {skipped[0]['file']}: {skipped[0]['reason']})")
     return FeatureSet(np.concatenate(rows), np.array(labels, np.int64)), skipped
 
 
-def _load(path: Path, size: int, mode: str, max_pixels: int, min_side: int) -> np.ndarray | str:
-    """Worker: the image as prepare makes it, or why it cannot be used."""
-    try:
-        return load_rgb(path, size, mode, max_pixels, min_side)
-    except BadImage as exc:
-        return str(exc)
+def _example(load: Callable[[Path], Decoded], files: list[LabelledFile]) -> np.ndarray:
+    """Two images that decode, for the logged model's input example."""
+    images = []
+    for file in files:
+        pixels, _ = load(file.path)
+        if pixels is not None:
+            images.append(pixels)
+        if len(images) == 2:
+            break
+    return np.stack(images)

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import make_config
 from tlearn import probe
 from tlearn.cli import main
+from tlearn.errors import DataError
 
 
 def colour_folder(root: Path, img, per_split: dict[str, int]) -> Path:
@@ -55,8 +56,6 @@ def test_a_folder_without_splits_is_carved_as_prepare_carves_it(tmp_path, img):
 
 
 def test_an_empty_folder_is_a_clear_error(tmp_path):
-    from tlearn.errors import DataError
-
     (tmp_path / "cat").mkdir()
     with pytest.raises(DataError, match="no image files"):
         probe.list_images(tmp_path, make_config())
@@ -65,30 +64,31 @@ def test_an_empty_folder_is_a_clear_error(tmp_path):
 
 
 class CountingPool:
-    """A pool that decodes at once and records how many batches were waiting at most."""
+    """An executor that decodes when asked for a result, and counts the batches waiting."""
 
     def __init__(self):
         self.waiting = self.most = 0
 
-    def map_async(self, fn, items):
+    def submit(self, fn, *args):
         self.waiting += 1
         self.most = max(self.most, self.waiting)
         pool = self
 
-        class Result:
-            def get(self):
+        class Future:
+            def result(self):
                 pool.waiting -= 1
-                return [fn(item) for item in items]
+                return fn(*args)
 
-        return Result()
+        return Future()
 
 
-def test_decoding_runs_ahead_by_at_most_the_given_batches_in_order():
+def test_decoding_starts_at_once_and_runs_ahead_by_at_most_the_given_batches():
     pool = CountingPool()
-    batches = list(probe.decoded_batches(pool, lambda i: i * 10, list(range(23)), 5, ahead=3))
-    assert batches == [[0, 10, 20, 30, 40], [50, 60, 70, 80, 90], [100, 110, 120, 130, 140],
-                       [150, 160, 170, 180, 190], [200, 210, 220]]
+    decoded = probe.decode_ahead(pool, lambda i: (i * 10, None), list(range(23)), 5, ahead=3)
+    assert pool.waiting == 3  # submitted before anything is taken
+    assert [image for image, _ in decoded] == [i * 10 for i in range(23)]
     assert pool.most == 3
+    assert list(probe.decode_ahead(CountingPool(), lambda i: (i, None), [], 5, ahead=3)) == []
 
 
 class MeanExtractor:
@@ -101,17 +101,17 @@ class MeanExtractor:
 
 
 def test_features_follow_the_images_across_splits_and_skip_what_did_not_decode():
-    images = [probe.Image(Path(f"{i}.png"), i % 2) for i in range(7)]
-    decoded = iter([np.full((2, 2, 3), i, np.uint8) if i != 3 else "truncated" for i in range(7)]
-                   + [np.full((2, 2, 3), 50, np.uint8)])
+    images = [probe.LabelledFile(Path(f"{i}.png"), i % 2) for i in range(7)]
+    decoded = iter([(np.full((2, 2, 3), i, np.uint8), None) if i != 3 else (None, "truncated")
+                    for i in range(7)] + [(np.full((2, 2, 3), 50, np.uint8), None)])
     extractor = MeanExtractor()
     features, skipped = probe._extract(extractor, decoded, images, batch_size=4)
     assert features.x[:, 0].tolist() == [0, 1, 2, 4, 5, 6]
     assert features.y.tolist() == [0, 1, 0, 0, 1, 0]
     assert skipped == [{"file": "3.png", "reason": "truncated"}]
-    assert extractor.batch_sizes == [4, 2]
+    assert extractor.batch_sizes == [4, 4]  # the short last batch padded: one trace
     # the next split continues where this one stopped
-    following, _ = probe._extract(extractor, decoded, [probe.Image(Path("7.png"), 1)], 4)
+    following, _ = probe._extract(extractor, decoded, [probe.LabelledFile(Path("7.png"), 1)], 4)
     assert following.x[:, 0].tolist() == [50] and following.y.tolist() == [1]
 
 
@@ -128,14 +128,17 @@ def test_probe_of_a_small_folder_gives_a_model_predict_takes_and_an_mlflow_run(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("2 classes, 16 training images at 32 px: validation accuracy "
                              "1.0000 on 8 images (logistic regression, C=0.1) after ")
-    assert out[1].startswith("test accuracy 1.0000 on 8 images")
+    assert out[1].startswith("test accuracy 1.0000 on 8 images after ")
     assert out[2] == "model: probe/model.keras (tlearn predict --model probe/model.keras IMAGE)"
 
     report = json.loads((project / "probe" / "probe.json").read_text())
     assert report["counts"] == {"train": 16, "validation": 8, "test": 8}
     assert [s["file"] for s in report["skipped"]] == [str(folder / "test/red/broken.png")]
     assert report["val_accuracy"] == 1.0 and report["test"]["accuracy"] == 1.0
-    assert [row["value"] for row in report["logistic_regression"]] == [0.1, 1.0, 10.0]
+    assert [row["value"] for row in report["search"]] == [0.1, 1.0, 10.0] and report["c"] == 0.1
+    assert (report["backbone"], report["image_size"], report["resize_mode"]) == \
+        ("efficientnet_lite0", 32, "crop")
+    assert 0 < report["seconds_to_validation"] <= report["seconds_to_test"]
 
     predictor = load_predictor("probe/model.keras")
     assert (predictor.labels, predictor.image_size) == (["blue", "red"], 32)
@@ -148,6 +151,7 @@ def test_probe_of_a_small_folder_gives_a_model_predict_takes_and_an_mlflow_run(
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "probe"
     assert run.data.metrics["val_accuracy"] == 1.0 and run.data.metrics["test/accuracy"] == 1.0
     assert run.data.metrics["n_skipped"] == 1 and run.data.params["image_size"] == "32"
+    assert run.data.params["baselines.max_train"] == "6000"
     (logged,) = client.search_logged_models([run.info.experiment_id])
     assert logged.tags["tlearn.file"] == "probe/model.keras"
 
@@ -160,3 +164,61 @@ def test_a_folder_it_cannot_probe_fails_before_any_run_is_made(project, embedded
     assert main(["probe", "nowhere"]) == 2
     assert capsys.readouterr().err.strip() == "tlearn probe: nowhere is not a folder"
     assert mlflow.MlflowClient(embedded.uri).get_experiment_by_name("tlearn-probe") is None
+
+
+def test_a_class_without_a_decodable_training_image_is_a_clear_error(project, img):
+    folder = colour_folder(project / "photos", img, {"train": 2, "val": 2, "test": 1})
+    for path in (folder / "train" / "red").iterdir():
+        path.write_bytes(f"not an image: {path.name}".encode())
+    images = probe.list_images(folder, make_config())
+    with pytest.raises(DataError, match=r"no training image of red decoded \(2 of the training "
+                                        r"files did not, e.g. .*red_0.png: not an image"):
+        probe.run(images, make_config(), image_size=32)
+
+
+def test_layouts_it_refuses_and_files_it_leaves_out(tmp_path, img):
+    img.folder(tmp_path / "mixed" / "train", {"cat": 2, "dog": 2})
+    img.folder(tmp_path / "mixed", {"samples": 2})
+    with pytest.raises(DataError, match=r"mixes split folders with other folders: \['samples'\]"):
+        probe.list_images(tmp_path / "mixed", make_config())
+
+    made = {split: img.folder(tmp_path / "given" / split, {"cat": 3, "dog": 3}, seed=i)
+            for i, split in enumerate(("train", "validation", "test"))}
+    leaked = made["test"]["cat"][0]  # the same bytes in train: kept in test only
+    (tmp_path / "given" / "train" / "cat" / "copy.png").write_bytes(leaked.read_bytes())
+    (tmp_path / "given" / "train" / "dog" / "Thumbs.db").write_bytes(b"windows")
+    images = probe.list_images(tmp_path / "given", make_config())
+    assert [f.path.name for f in images.splits["train"]] == \
+        [f"cat_00{i}.png" for i in range(3)] + [f"dog_00{i}.png" for i in range(3)]
+    assert images.duplicates == [{"file": "train/cat/copy.png",
+                                  "reason": "duplicate of test/cat/cat_000.png"}]
+
+
+def test_it_checks_before_any_run_is_made(project, embedded, monkeypatch, capsys, img):
+    import mlflow
+
+    folder = colour_folder(project / "photos", img, {"train": 2, "val": 1, "test": 1})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded.uri)
+    for args, error in (
+            (["--image-size", "16"], "--image-size 16 is below the minimum 32 of backbone "
+                                     "efficientnet_lite0 (its default is 224)"),
+            (["--out", "models"], "--out models is the pipeline's models folder: choose "
+                                  "another (default: models/folder_probe)"),
+            (["-S", "model.backbone=efficientnet_lite9"], "params.yaml: model.backbone: ")):
+        assert main(["probe", str(folder), *args]) == 2
+        assert capsys.readouterr().err.startswith(error)
+    with pytest.raises(SystemExit):
+        main(["probe", str(folder), "--image-size", "0"])
+    assert mlflow.MlflowClient(embedded.uri).get_experiment_by_name("tlearn-probe") is None
+
+
+def test_validation_is_reported_before_test_and_training_is_sampled_to_max_train(project, img):
+    folder = colour_folder(project / "photos", img, {"train": 8, "val": 2, "test": 2})
+    cfg = make_config({"baselines.max_train": 10})
+    heard = []
+    result, _ = probe.run(probe.list_images(folder, cfg), cfg, image_size=32,
+                          on_validation=lambda r: heard.append((dict(r.test), probe.summary(r))))
+    assert heard[0][0] == {}  # test not scored yet
+    assert heard[0][1].startswith("2 classes, 10 of 16 training images at 32 px: ")
+    assert result.counts == {"train": 10, "validation": 4, "test": 4}
+    assert result.test["accuracy"] == 1.0

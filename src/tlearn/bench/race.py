@@ -1,5 +1,6 @@
 """The race: tlearn against the plain Keras recipe on the cats-vs-dogs photos, same
-backbone (EfficientNet-Lite0), data and image size (the `photos` preset's 224 px).
+backbone (EfficientNet-Lite0) and data; the same image size as the pipeline (the `photos`
+preset's 224 px), while ``tlearn probe`` runs at its own 192 px.
 
 The plain recipe, as tutorials write it with current Keras: images decoded and augmented
 on the fly (``image_dataset_from_directory``; random rotation, shift, zoom and flip

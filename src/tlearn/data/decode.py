@@ -73,10 +73,15 @@ def worker_count() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
+def load(path: Path, size: int, mode: str, max_pixels: int, min_side: int,
+         ) -> tuple[np.ndarray | None, str | None]:
+    """``(the image as prepare makes it, None)``, or ``(None, why it cannot be used)``."""
+    try:
+        return load_rgb(path, size, mode, max_pixels, min_side), None
+    except BadImage as exc:
+        return None, str(exc)
+
+
 def _decode(path: Path, size: int, mode: str, max_pixels: int, min_side: int):
     """Worker: ``(sha256 of the bytes, image array or None, quarantine reason or None)``."""
-    digest = file_digest(path)
-    try:
-        return digest, load_rgb(path, size, mode, max_pixels, min_side), None
-    except BadImage as exc:
-        return digest, None, str(exc)
+    return file_digest(path), *load(path, size, mode, max_pixels, min_side)

@@ -288,12 +288,21 @@ def is_split_name(name: str) -> bool:
     return name.lower() in SPLIT_ALIASES
 
 
+def split_folders(folder: Path) -> list[Path]:
+    """The split folders (train, validation or val, test) of ``folder``, or ``[]`` when its
+    folders are classes; a DataError when it mixes split folders with others."""
+    children = [c for c in _children(folder) if c.is_dir()]
+    split_dirs = [c for c in children if is_split_name(c.name)]
+    if split_dirs and len(split_dirs) != len(children):
+        others = sorted(c.name for c in children if not is_split_name(c.name))
+        raise DataError(f"{folder}: mixes split folders with other folders: {others}")
+    return split_dirs
+
+
 def folder_layout(folder: Path) -> dict[str | None, dict[str, int]]:
     """Files per class of a local folder source, without copying or decoding anything:
     ``{split or None: {class: count}}`` (None when the folder has no split folders)."""
-    children = [c for c in _children(folder) if c.is_dir()]
-    split_dirs = [c for c in children if is_split_name(c.name)]
-    if split_dirs and len(split_dirs) == len(children):
+    if split_dirs := split_folders(folder):
         return {SPLIT_ALIASES[d.name.lower()]: _count_classes(d) for d in split_dirs}
     return {None: _count_classes(folder)}
 
@@ -303,14 +312,9 @@ def normalise_layout(target: Path) -> dict:
 
     Returns ``{"splits": [...] or None, "classes": [...], "counts": {...}, "n_files": N}``.
     """
-    children = [c for c in _children(target) if c.is_dir()]
-    if not children:
+    if not any(c.is_dir() for c in _children(target)):
         raise DataError(f"data.source: no class folders found in {target}")
-    split_dirs = [c for c in children if is_split_name(c.name)]
-    if split_dirs and len(split_dirs) != len(children):
-        others = sorted(c.name for c in children if not is_split_name(c.name))
-        raise DataError(f"data.source: mixes split folders with other folders: {others}")
-    if split_dirs:
+    if split_dirs := split_folders(target):
         for d in split_dirs:
             canonical = SPLIT_ALIASES[d.name.lower()]
             if d.name != canonical:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tlearn.stages import Untracked
 from tlearn.tracking import provenance
 from tlearn.tracking.records import (history_metrics, log_files, log_metrics, log_params,
@@ -22,15 +24,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LoggedModel:
-    """A command's model for its run: a regressor (``example``: a few rows of its input
-    table), or with ``labels`` an image classifier (``example``: a few prepared uint8
-    images; ``resize_mode``: how its images are square-ified)."""
+class Regressor:
+    """A command's regression model: ``example``, a few rows of its input table."""
 
     file: Path
     example: Any
-    labels: list[str] | None = None
-    resize_mode: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageClassifier:
+    """A command's image classifier: ``example``, a few prepared uint8 images."""
+
+    file: Path
+    example: np.ndarray
+    labels: list[str]
+    resize_mode: str  # how its images are square-ified
 
 
 class CommandRun:
@@ -50,18 +58,19 @@ class CommandRun:
         log_params(self.client, self.run_id, params)
         log.info("tracking: %s run %s at %s", name, self.run_id, store.uri)
 
-    def finish(self, metrics: Mapping[str, Any], history: tuple[str, list[dict]],
-               files: Iterable[Path], model: LoggedModel) -> None:
-        """The figures, the per-epoch curves ``(prefix, rows)``, the report files and the
-        model."""
+    def finish(self, metrics: Mapping[str, Any], files: Iterable[Path],
+               model: Regressor | ImageClassifier,
+               history: tuple[str, list[dict]] | None = None) -> None:
+        """The figures, the report files, the model and the per-epoch curves ``(prefix,
+        rows)``, if any."""
         from tlearn.tracking import models
 
         with self.store.guarded():
             log_metrics(self.client, self.run_id,
                         [(k, v, 0) for k, v in numeric_items(metrics).items()]
-                        + history_metrics(*history))
+                        + (history_metrics(*history) if history else []))
             log_files(self.client, self.run_id, files)
-            if model.labels is None:
+            if isinstance(model, Regressor):
                 models.log_regressor(model.file, model.example)
             else:
                 models.log_model(model.file, model.file.stem, model.labels, model.resize_mode,
