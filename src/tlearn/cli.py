@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s; the window has a chooser)")
     p.set_defaults(handler=_gui)
 
-    p = sub.add_parser("probe", help="a first look at an image folder in one process: a linear "
-                                     "probe on frozen features, validation accuracy in "
-                                     "seconds, and a model predict takes")
+    about = ("a first look at an image folder in one process: a linear probe on frozen "
+             "features, validation accuracy in seconds, and a model predict takes")
+    p = sub.add_parser("probe", help=about, description=about)
     p.add_argument("folder", type=Path, help="<class>/<images>, or <split>/<class>/<images> "
                                              "with splits train, validation (or val), test")
     p.add_argument("--image-size", type=_positive_int, default=192,
@@ -256,14 +256,17 @@ def _probe(args: argparse.Namespace) -> int:
     cfg = config.load(args.params, overrides=_parse_overrides(args.set))
     probe.check(cfg, args.image_size, args.out)
     images = probe.list_images(args.folder, cfg)  # all before anything is made
-    params = {"folder": str(args.folder), "image_size": args.image_size,
-              "base.seed": cfg.base.seed, "features.batch_size": cfg.features.batch_size,
+    params = {"folder": str(args.folder.resolve()), "image_size": args.image_size,
+              "out": str(args.out), "base.seed": cfg.base.seed,
+              "features.batch_size": cfg.features.batch_size,
               **{f"model.{k}": v for k, v in vars(cfg.model).items()},
-              **{f"prepare.{k}": v for k, v in vars(cfg.prepare).items() if k != "image_size"},
+              **{f"prepare.{k}": v for k, v in vars(cfg.prepare).items()
+                 if k not in ("image_size", "split")},
+              **{f"prepare.split.{k}": v for k, v in vars(cfg.prepare.split).items()},
               **{f"baselines.{k}": getattr(cfg.baselines, k)
                  for k in ("logistic_regression", "max_iter", "max_train")}}
     with command_run(args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required,
-                     "probe", params, tags={"probe.folder": str(args.folder)}) as run:
+                     "probe", params, tags={"probe.folder": params["folder"]}) as run:
         result, model = probe.run(images, cfg, args.image_size, started=started,
                                   on_validation=lambda r: print(probe.summary(r), flush=True))
         print(f"test accuracy {result.test['accuracy']:.4f} on {result.counts['test']} images "
@@ -271,7 +274,7 @@ def _probe(args: argparse.Namespace) -> int:
         files = probe.save(args.out, result, model)
         run.finish(result.metrics(), files, ImageClassifier(
             args.out / probe.MODEL_FILE, result.example, result.classes, result.resize_mode))
-    for bad in images.duplicates + result.skipped:
+    for bad in result.left_out:
         log.warning("left out %s: %s", bad["file"], bad["reason"])
     model_file = args.out / probe.MODEL_FILE
     print(f"model: {model_file} (tlearn predict --model {model_file} IMAGE)")

@@ -34,8 +34,9 @@ from tlearn.data.folders import IGNORED_NAMES
 from tlearn.data.sources import SPLIT_ALIASES, split_folders
 from tlearn.errors import ConfigError, DataError
 from tlearn.features import FeatureSet
-from tlearn.io import atomic_path, file_digest, write_json
+from tlearn.io import atomic_path, file_digest, save_model, write_json
 from tlearn.metrics import SUMMARY_KEYS
+from tlearn.stats import wilson_interval
 
 MODEL_FILE, REPORT_FILE = "model.keras", "probe.json"
 #: Decoded images waiting for the base at most (bytes): decoding runs ahead while
@@ -48,11 +49,13 @@ Decoded = tuple[np.ndarray | None, str | None]  # decode.load: (image, None) or 
 @dataclass(frozen=True)
 class LabelledFile:
     path: Path
+    name: str   # the path within the folder, as reports give it
     label: int  # index into the class names
 
 
 @dataclass(frozen=True)
 class FolderImages:
+    folder: Path
     classes: list[str]
     splits: dict[str, list[LabelledFile]]  # train, validation, test
     duplicates: list[dict]                 # [{"file", "reason"}]: left out
@@ -60,6 +63,7 @@ class FolderImages:
 
 @dataclass
 class ProbeResult:
+    folder: str                   # absolute
     backbone: str
     image_size: int
     resize_mode: str
@@ -70,7 +74,7 @@ class ProbeResult:
     search: list[dict]            # [{"value": C, "val_accuracy": a}, ...]
     val_accuracy: float
     seconds_to_validation: float  # from ``started`` (see run) to val_accuracy
-    skipped: list[dict]           # [{"file", "reason"}]: did not decode
+    left_out: list[dict]          # [{"file", "reason"}]: duplicates, and files not decoded
     example: np.ndarray           # two prepared validation images (uint8), for MLflow
     test: dict = field(default_factory=dict)  # accuracy, top_k_accuracy, loss on test
     seconds_to_test: float = 0.0
@@ -79,7 +83,7 @@ class ProbeResult:
         """The run's figures, named as the pipeline names them."""
         return {"val_accuracy": self.val_accuracy, **{f"test/{k}": v for k, v in self.test.items()},
                 "seconds_to_validation": self.seconds_to_validation,
-                "seconds_to_test": self.seconds_to_test, "n_skipped": len(self.skipped),
+                "seconds_to_test": self.seconds_to_test, "n_left_out": len(self.left_out),
                 "n_train_listed": self.n_train_listed,
                 **{f"n_{split}": n for split, n in self.counts.items()}}
 
@@ -93,11 +97,12 @@ def check(cfg: Config, image_size: int, out: Path) -> None:
     (the probe's model would replace the pipeline's)."""
     entry = preflight.backbone(cfg)
     if image_size < entry.min_size:
-        raise ConfigError(f"--image-size {image_size} is below the minimum {entry.min_size} "
-                          f"of backbone {entry.name} (its default is {entry.default_size})")
+        raise ConfigError(f"tlearn probe: --image-size {image_size} is below the minimum "
+                          f"{entry.min_size} of backbone {entry.name} (its default is "
+                          f"{entry.default_size})")
     if out.resolve() == paths.MODELS.resolve():
-        raise ConfigError(f"--out {out} is the pipeline's models folder: choose another "
-                          "(default: models/folder_probe)")
+        raise ConfigError(f"tlearn probe: --out {out} is the pipeline's models folder: choose "
+                          "another (default: models/folder_probe)")
 
 
 def list_images(folder: Path, cfg: Config) -> FolderImages:
@@ -108,21 +113,26 @@ def list_images(folder: Path, cfg: Config) -> FolderImages:
     out after the split, not before (the probe decodes while it goes)."""
     if not folder.is_dir():
         raise DataError(f"tlearn probe: {folder} is not a folder")
-    found = [f for f in decode.list_files(folder, has_splits=bool(split_folders(folder)))
-             if not IGNORED_NAMES & set(Path(f.path).parts)]
-    if not found:
-        raise DataError(f"tlearn probe: no image files in {folder} (expected <class>/<images> "
-                        "or <split>/<class>/<images>)")
-    items = [splits.Item(path=f.path, label=f.label, digest=file_digest(folder / f.path),
-                         split=SPLIT_ALIASES[f.split.lower()] if f.split else None)
-             for f in found]
-    items, duplicates = splits.drop_duplicates(items)
-    items = sorted(splits.assign(items, cfg.prepare.split.validation, cfg.prepare.split.test,
-                                 cfg.base.seed), key=lambda it: it.path)
-    classes = splits.check_classes(items)
+    try:
+        found = [f for f in decode.list_files(folder, has_splits=bool(split_folders(folder)))
+                 if not IGNORED_NAMES & set(Path(f.path).parts)]
+        if not found:
+            raise DataError(f"no images in class folders under {folder} (expected "
+                            "<class>/<images> or <split>/<class>/<images>)")
+        items = [splits.Item(path=f.path, label=f.label, digest=file_digest(folder / f.path),
+                             split=SPLIT_ALIASES[f.split.lower()] if f.split else None)
+                 for f in found]
+        items, duplicates = splits.drop_duplicates(items)
+        items = sorted(splits.assign(items, cfg.prepare.split.validation,
+                                     cfg.prepare.split.test, cfg.base.seed),
+                       key=lambda it: it.path)
+        classes = splits.check_classes(items)
+    except DataError as exc:  # the data checks prepare shares name its params key
+        raise DataError(f"tlearn probe: {str(exc).removeprefix('data.source: ')}") from None
     index = {name: i for i, name in enumerate(classes)}
-    return FolderImages(classes, {
-        s: [LabelledFile(folder / it.path, index[it.label]) for it in items if it.split == s]
+    return FolderImages(folder, classes, {
+        s: [LabelledFile(folder / it.path, it.path, index[it.label])
+            for it in items if it.split == s]
         for s in splits.SPLITS}, duplicates)
 
 
@@ -168,18 +178,19 @@ def run(images: FolderImages, cfg: Config, image_size: int,
                             f"{skipped[0]['file']}: {skipped[0]['reason']})")
         search = baselines.logistic_regression(train, validation, cfg.baselines, cfg.base.seed)
         result = ProbeResult(
-            cfg.model.backbone, image_size, cfg.prepare.resize_mode, images.classes,
+            str(images.folder.resolve()), cfg.model.backbone, image_size, cfg.prepare.resize_mode, images.classes,
             counts={"train": len(train), "validation": len(validation)},
             n_train_listed=len(listed), c=search.value, search=search.rows,
             val_accuracy=search.val_accuracy,
             seconds_to_validation=round(time.perf_counter() - started, 1),
-            skipped=skipped + skipped_validation, example=_example(load, order["validation"]))
+            left_out=images.duplicates + skipped + skipped_validation,
+            example=_example(load, order["validation"]))
         if on_validation:
             on_validation(result)
         test, skipped_test = _extract(extractor, decoded, order["test"], batch_size)
         report = baselines.evaluate(search, test, images.classes)
         result.test = {k: report[k] for k in SUMMARY_KEYS}
-        result.counts["test"], result.skipped = len(test), result.skipped + skipped_test
+        result.counts["test"], result.left_out = len(test), result.left_out + skipped_test
         result.seconds_to_test = round(time.perf_counter() - started, 1)
     finally:
         pool.shutdown(cancel_futures=True)
@@ -188,12 +199,15 @@ def run(images: FolderImages, cfg: Config, image_size: int,
 
 
 def summary(result: ProbeResult) -> str:
-    """The line to print as soon as validation is scored."""
+    """The line to print as soon as validation is scored (with its 95% interval: a small
+    validation split says little)."""
     fitted, listed = result.counts["train"], result.n_train_listed
+    n = result.counts["validation"]
+    low, high = wilson_interval(round(result.val_accuracy * n), n)
     return (f"{len(result.classes)} classes, {fitted}"
             f"{f' of {listed}' if fitted < listed else ''} training images at "
-            f"{result.image_size} px: validation accuracy {result.val_accuracy:.4f} on "
-            f"{result.counts['validation']} images (logistic regression, C={result.c:g}) "
+            f"{result.image_size} px: validation accuracy {result.val_accuracy:.4f} "
+            f"(95%: {low:.3f}-{high:.3f}) on {n} images (logistic regression, C={result.c:g}) "
             f"after {result.seconds_to_validation:.1f} s")
 
 
@@ -205,7 +219,7 @@ def save(folder: Path, result: ProbeResult, model) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / MODEL_FILE) as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     write_json(folder / "labels.json", result.classes)
     save_preprocess(folder / "preprocess.json", result.image_size, result.resize_mode)
     write_json(folder / REPORT_FILE, result.report())
@@ -257,7 +271,7 @@ def _extract(extractor, decoded: Iterator[Decoded], files: list[LabelledFile],
     for file in files:
         pixels, error = next(decoded)
         if error is not None:
-            skipped.append({"file": str(file.path), "reason": error})
+            skipped.append({"file": file.name, "reason": error})
             continue
         pending.append(pixels)
         labels.append(file.label)

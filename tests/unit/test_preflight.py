@@ -33,7 +33,7 @@ def test_image_size_below_the_backbones_minimum():
 @pytest.mark.parametrize("counts, message", [
     ({"cats": 5}, "has 1 class folder \\(cats\\); classification needs at least 2"),
     ({}, "has 0 class folders \\(none\\)"),
-    ({"cats": 10, "dogs": 1}, "class 'dogs' has 1 training images, too few to split"),
+    ({"cats": 10, "dogs": 1}, "class 'dogs' has 1 training image, too few to split"),
 ])
 def test_a_folder_source_needs_two_classes_with_enough_images(tmp_path, counts, message):
     source = tmp_path / "photos"

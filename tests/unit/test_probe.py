@@ -57,7 +57,7 @@ def test_a_folder_without_splits_is_carved_as_prepare_carves_it(tmp_path, img):
 
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "cat").mkdir()
-    with pytest.raises(DataError, match="no image files"):
+    with pytest.raises(DataError, match="tlearn probe: no images in class folders under "):
         probe.list_images(tmp_path, make_config())
     with pytest.raises(DataError, match="is not a folder"):
         probe.list_images(tmp_path / "nowhere", make_config())
@@ -101,7 +101,7 @@ class MeanExtractor:
 
 
 def test_features_follow_the_images_across_splits_and_skip_what_did_not_decode():
-    images = [probe.LabelledFile(Path(f"{i}.png"), i % 2) for i in range(7)]
+    images = [probe.LabelledFile(Path(f"/photos/{i}.png"), f"{i}.png", i % 2) for i in range(7)]
     decoded = iter([(np.full((2, 2, 3), i, np.uint8), None) if i != 3 else (None, "truncated")
                     for i in range(7)] + [(np.full((2, 2, 3), 50, np.uint8), None)])
     extractor = MeanExtractor()
@@ -111,7 +111,8 @@ def test_features_follow_the_images_across_splits_and_skip_what_did_not_decode()
     assert skipped == [{"file": "3.png", "reason": "truncated"}]
     assert extractor.batch_sizes == [4, 4]  # the short last batch padded: one trace
     # the next split continues where this one stopped
-    following, _ = probe._extract(extractor, decoded, [probe.LabelledFile(Path("7.png"), 1)], 4)
+    following, _ = probe._extract(extractor, decoded,
+                                  [probe.LabelledFile(Path("/photos/7.png"), "7.png", 1)], 4)
     assert following.x[:, 0].tolist() == [50] and following.y.tolist() == [1]
 
 
@@ -127,13 +128,16 @@ def test_probe_of_a_small_folder_gives_a_model_predict_takes_and_an_mlflow_run(
     assert main(["probe", str(folder), "--image-size", "32", "--out", "probe"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("2 classes, 16 training images at 32 px: validation accuracy "
-                             "1.0000 on 8 images (logistic regression, C=0.1) after ")
+                             "1.0000 (95%: 0.676-1.000) on 8 images (logistic regression, "
+                             "C=0.1) after ")
     assert out[1].startswith("test accuracy 1.0000 on 8 images after ")
     assert out[2] == "model: probe/model.keras (tlearn predict --model probe/model.keras IMAGE)"
 
     report = json.loads((project / "probe" / "probe.json").read_text())
     assert report["counts"] == {"train": 16, "validation": 8, "test": 8}
-    assert [s["file"] for s in report["skipped"]] == [str(folder / "test/red/broken.png")]
+    assert report["left_out"] == [{"file": "test/red/broken.png",
+                                   "reason": "not an image (unrecognised format)"}]
+    assert report["folder"] == str(folder.resolve())
     assert report["val_accuracy"] == 1.0 and report["test"]["accuracy"] == 1.0
     assert [row["value"] for row in report["search"]] == [0.1, 1.0, 10.0] and report["c"] == 0.1
     assert (report["backbone"], report["image_size"], report["resize_mode"]) == \
@@ -150,7 +154,8 @@ def test_probe_of_a_small_folder_gives_a_model_predict_takes_and_an_mlflow_run(
     (run,) = client.search_runs(client.get_experiment_by_name("tlearn-probe").experiment_id)
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "probe"
     assert run.data.metrics["val_accuracy"] == 1.0 and run.data.metrics["test/accuracy"] == 1.0
-    assert run.data.metrics["n_skipped"] == 1 and run.data.params["image_size"] == "32"
+    assert run.data.metrics["n_left_out"] == 1 and run.data.params["image_size"] == "32"
+    assert run.data.params["prepare.split.validation"] == "0.15"
     assert run.data.params["baselines.max_train"] == "6000"
     (logged,) = client.search_logged_models([run.info.experiment_id])
     assert logged.tags["tlearn.file"] == "probe/model.keras"
@@ -179,7 +184,8 @@ def test_a_class_without_a_decodable_training_image_is_a_clear_error(project, im
 def test_layouts_it_refuses_and_files_it_leaves_out(tmp_path, img):
     img.folder(tmp_path / "mixed" / "train", {"cat": 2, "dog": 2})
     img.folder(tmp_path / "mixed", {"samples": 2})
-    with pytest.raises(DataError, match=r"mixes split folders with other folders: \['samples'\]"):
+    with pytest.raises(DataError, match=r"^tlearn probe: .*mixed: mixes split folders with "
+                                        r"other folders: \['samples'\]"):
         probe.list_images(tmp_path / "mixed", make_config())
 
     made = {split: img.folder(tmp_path / "given" / split, {"cat": 3, "dog": 3}, seed=i)
@@ -192,6 +198,9 @@ def test_layouts_it_refuses_and_files_it_leaves_out(tmp_path, img):
         [f"cat_00{i}.png" for i in range(3)] + [f"dog_00{i}.png" for i in range(3)]
     assert images.duplicates == [{"file": "train/cat/copy.png",
                                   "reason": "duplicate of test/cat/cat_000.png"}]
+    img.folder(tmp_path / "one", {"cat": 5})
+    with pytest.raises(DataError, match=r"^tlearn probe: found 1 class \(cat\)"):
+        probe.list_images(tmp_path / "one", make_config())
 
 
 def test_it_checks_before_any_run_is_made(project, embedded, monkeypatch, capsys, img):
@@ -200,10 +209,10 @@ def test_it_checks_before_any_run_is_made(project, embedded, monkeypatch, capsys
     folder = colour_folder(project / "photos", img, {"train": 2, "val": 1, "test": 1})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", embedded.uri)
     for args, error in (
-            (["--image-size", "16"], "--image-size 16 is below the minimum 32 of backbone "
-                                     "efficientnet_lite0 (its default is 224)"),
-            (["--out", "models"], "--out models is the pipeline's models folder: choose "
-                                  "another (default: models/folder_probe)"),
+            (["--image-size", "16"], "tlearn probe: --image-size 16 is below the minimum 32 "
+                                     "of backbone efficientnet_lite0 (its default is 224)"),
+            (["--out", "models"], "tlearn probe: --out models is the pipeline's models "
+                                  "folder: choose another (default: models/folder_probe)"),
             (["-S", "model.backbone=efficientnet_lite9"], "params.yaml: model.backbone: ")):
         assert main(["probe", str(folder), *args]) == 2
         assert capsys.readouterr().err.startswith(error)

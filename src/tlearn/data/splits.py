@@ -77,9 +77,9 @@ def carve_counts(label: str, n: int, missing: list[str], fractions: dict[str, fl
     counts = {s: round(n * fractions[s]) for s in missing}
     if n < len(missing) + 1 or any(c == 0 for c in counts.values()) \
             or n - sum(counts.values()) < 1:
-        raise DataError(f"class {label!r} has {n} training images, too few to split into "
-                        f"train/{'/'.join(missing)} with prepare.split {fractions} "
-                        f"(needs at least one image per split)")
+        raise DataError(f"class {label!r} has {n} training image{'' if n == 1 else 's'}, too "
+                        f"few to split into train/{'/'.join(missing)} with prepare.split "
+                        f"{fractions} (needs at least one image per split)")
     return counts
 
 

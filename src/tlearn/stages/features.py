@@ -33,7 +33,7 @@ def run(cfg: Config) -> dict:
 
     from tlearn import features
     from tlearn.data.store import SplitReader, check_preprocess
-    from tlearn.io import atomic_path, write_json
+    from tlearn.io import atomic_path, save_model, write_json
     from tlearn.models.head import build_extractor
 
     check_preprocess(paths.PREPARED_PREPROCESS, cfg.prepare.image_size, cfg.prepare.resize_mode)
@@ -43,7 +43,7 @@ def run(cfg: Config) -> dict:
     started, n_images, shape = time.perf_counter(), 0, None
     with atomic_path(paths.FEATURES) as tmp:
         tmp.mkdir()
-        extractor.save(tmp / paths.EXTRACTOR.name)
+        save_model(extractor, tmp / paths.EXTRACTOR.name)
         for split, source in SOURCES.items():
             images = SplitReader(source)
             shape = features.extract(extractor, images, features.feature_folder(split, tmp),

@@ -47,7 +47,7 @@ def run(cfg: Config) -> dict:
     from tlearn.checkpoint import Checkpoint, fingerprint
     from tlearn.data.batches import ImageBatches
     from tlearn.data.store import SplitReader
-    from tlearn.io import atomic_path, read_csv, write_csv, write_json
+    from tlearn.io import atomic_path, read_csv, save_model, write_csv, write_json
     from tlearn.models.head import count_params, find_base
 
     keras.utils.set_random_seed(cfg.base.seed)  # before loading: dropout seeds come from it
@@ -85,7 +85,7 @@ def run(cfg: Config) -> dict:
                     probe_val_accuracy, metrics["val_accuracy"])
         model = probe_model()
     with atomic_path(paths.MODEL) as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     write_csv(STAGE.history, history)
     checkpoint.clear()
     write_json(STAGE.report, metrics)

@@ -143,31 +143,35 @@ def _write(cfg: Config, head: HeadParams, study: optuna.Study | None, numbers: d
     # Timings go to MLflow (the returned figures), not to the report DVC tracks.
     write_json(STAGE.report, {k: v for k, v in report.items() if k not in TIMINGS})
     _write_trials(study)
-    _draw(study)
+    _draw(study, cfg.base.seed)
     return {k: v for k, v in report.items() if k != "best_params"}
 
 
 def _write_trials(study: optuna.Study | None) -> None:
-    """One row per trial (Optuna's dataframe), duration in seconds."""
+    """One row per trial (Optuna's dataframe): state, value, params, a failed trial's
+    error. Not its duration or worker process (in MLflow's trial runs and the study):
+    DVC tracks this file, and a rerun that trains the same trials writes the same bytes."""
     from tlearn.io import atomic_path
+    from tlearn.tune import WORKER
 
     with atomic_path(TRIALS_CSV) as tmp:
         if study is None:
             tmp.write_text("number,state,value\n")
             return
-        frame = study.trials_dataframe(attrs=("number", "state", "value", "duration",
-                                              "params", "user_attrs"))
-        frame["duration"] = frame["duration"].dt.total_seconds()
-        for column in frame.columns:  # the worker's process, as JSON
+        frame = study.trials_dataframe(attrs=("number", "state", "value", "params",
+                                              "user_attrs"))
+        frame = frame.drop(columns=[f"user_attrs_{WORKER}"], errors="ignore")
+        for column in frame.columns:  # a dict attribute, as JSON
             if frame[column].map(lambda v: isinstance(v, dict)).any():
                 frame[column] = frame[column].map(
                     lambda v: json.dumps(v) if isinstance(v, dict) else v)
         frame.to_csv(tmp, index=False)
 
 
-def _draw(study: optuna.Study | None) -> None:
+def _draw(study: optuna.Study | None, seed: int) -> None:
     """Optimization history, parameter importances and slices (Optuna's matplotlib plots);
-    a figure that cannot be drawn (too few trials) says why instead."""
+    a figure that cannot be drawn (too few trials) says why instead. The importances'
+    random forest is seeded: the same trials draw the same figure."""
     import warnings
 
     import matplotlib.pyplot as plt
@@ -177,10 +181,12 @@ def _draw(study: optuna.Study | None) -> None:
     from tlearn import plots
 
     if study is not None:
+        import optuna
         import optuna.visualization.matplotlib as optuna_plots
 
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
         drawers = {"history": optuna_plots.plot_optimization_history,
-                   "importances": optuna_plots.plot_param_importances,
+                   "importances": lambda s: optuna_plots.plot_param_importances(s, evaluator),
                    "slices": optuna_plots.plot_slice}
     for name, path in FIGURES.items():
         reason = "tuning is off (tune.n_trials: 0)"
