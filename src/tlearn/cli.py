@@ -265,9 +265,12 @@ def _probe(args: argparse.Namespace) -> int:
               **{f"prepare.split.{k}": v for k, v in vars(cfg.prepare.split).items()},
               **{f"baselines.{k}": getattr(cfg.baselines, k)
                  for k in ("logistic_regression", "max_iter", "max_train")}}
-    with command_run(args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required,
-                     "probe", params, tags={"probe.folder": params["folder"]}) as run:
-        result, model = probe.run(images, cfg, args.image_size, started=started,
+    # Decoding starts first: connecting to the tracking store and importing TensorFlow
+    # overlap it.
+    with probe.decoding(images, cfg, args.image_size) as decoding, command_run(
+            args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required, "probe",
+            params, tags={"probe.folder": params["folder"]}) as run:
+        result, model = probe.run(decoding, cfg, started=started,
                                   on_validation=lambda r: print(probe.summary(r), flush=True))
         print(f"test accuracy {result.test['accuracy']:.4f} on {result.counts['test']} images "
               f"after {result.seconds_to_test:.1f} s", flush=True)
@@ -276,6 +279,9 @@ def _probe(args: argparse.Namespace) -> int:
             args.out / probe.MODEL_FILE, result.example, result.classes, result.resize_mode))
     for bad in result.left_out:
         log.warning("left out %s: %s", bad["file"], bad["reason"])
+    if left_out := len(result.left_out):
+        print(f"{left_out} file{'s' if left_out > 1 else ''} left out (duplicates, or not "
+              f"decodable): {args.out / probe.REPORT_FILE}")
     model_file = args.out / probe.MODEL_FILE
     print(f"model: {model_file} (tlearn predict --model {model_file} IMAGE)")
     return 0

@@ -1,5 +1,4 @@
-"""Atomic writes: a killed run never leaves a half-written output behind; and Keras model
-files that are the same bytes for the same model."""
+"""Atomic writes: a killed run never leaves a half-written output behind."""
 
 from __future__ import annotations
 
@@ -8,10 +7,8 @@ import csv
 import hashlib
 import json
 import os
-import re
-import secrets
 import shutil
-import zipfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,30 +77,3 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-#: Keras writes Python object ids into a .keras file's config (``shared_object_id``).
-_OBJECT_ID = re.compile(rb'"shared_object_id": (\d+)')
-
-
-def save_model(model, path: str | Path) -> None:
-    """``model.save(path)``, a ``.keras`` file holding the same bytes for the same model.
-    Keras writes the time of saving, each entry's file time and Python object ids into it,
-    so without this DVC saw every rerun's model as a new one (and a fresh clone's ``make
-    run`` changed ``dvc.lock``): the times become fixed and the ids are numbered in order
-    of appearance (what loading needs is only which layers share an object)."""
-    model.save(path)
-    path = Path(path)
-    with zipfile.ZipFile(path) as original:
-        entries = [(info, original.read(info)) for info in original.infolist()]
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as rewritten:
-        for info, data in entries:
-            if info.filename == "metadata.json":
-                data = json.dumps({**json.loads(data), "date_saved": ""}).encode()
-            elif info.filename == "config.json":
-                numbers: dict[bytes, int] = {}
-                data = _OBJECT_ID.sub(lambda m: b'"shared_object_id": %d' % numbers.setdefault(
-                    m.group(1), len(numbers)), data)
-            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
-            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
-            rewritten.writestr(fixed, data)

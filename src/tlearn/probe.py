@@ -16,12 +16,10 @@ probe, at its own image size, as its fine-tune's floor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import multiprocessing
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,16 +32,12 @@ from tlearn.data.folders import IGNORED_NAMES
 from tlearn.data.sources import SPLIT_ALIASES, split_folders
 from tlearn.errors import ConfigError, DataError
 from tlearn.features import FeatureSet
-from tlearn.io import atomic_path, file_digest, save_model, write_json
+from tlearn.io import file_digest, write_json
+from tlearn.models.saving import save_model
 from tlearn.metrics import SUMMARY_KEYS
 from tlearn.stats import wilson_interval
 
 MODEL_FILE, REPORT_FILE = "model.keras", "probe.json"
-#: Decoded images waiting for the base at most (bytes): decoding runs ahead while
-#: TensorFlow imports and the base is built, but a large folder never sits in memory.
-DECODED_AHEAD_BYTES = 256 * 2**20
-
-Decoded = tuple[np.ndarray | None, str | None]  # decode.load: (image, None) or (None, why)
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,7 @@ class ProbeResult:
 def check(cfg: Config, image_size: int, out: Path) -> None:
     """What can be checked before any work (ConfigError): the backbone's name, the image
     size against its minimum, and that ``out`` is not the pipeline's ``models/`` itself
-    (the probe's model would replace the pipeline's)."""
+    (the probe's model would replace the pipeline's), nor a file."""
     entry = preflight.backbone(cfg)
     if image_size < entry.min_size:
         raise ConfigError(f"tlearn probe: --image-size {image_size} is below the minimum "
@@ -103,6 +97,8 @@ def check(cfg: Config, image_size: int, out: Path) -> None:
     if out.resolve() == paths.MODELS.resolve():
         raise ConfigError(f"tlearn probe: --out {out} is the pipeline's models folder: choose "
                           "another (default: models/folder_probe)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"tlearn probe: --out {out} is a file: give a folder")
 
 
 def list_images(folder: Path, cfg: Config) -> FolderImages:
@@ -136,17 +132,24 @@ def list_images(folder: Path, cfg: Config) -> FolderImages:
         for s in splits.SPLITS}, duplicates)
 
 
-def run(images: FolderImages, cfg: Config, image_size: int,
-        on_validation: Callable[[ProbeResult], None] | None = None,
-        started: float | None = None) -> tuple[ProbeResult, object]:
-    """Probe a folder's ``images`` (:func:`list_images`) at ``image_size``; ``on_validation``
-    hears the result as soon as validation is scored, before test. Returns the result and
-    the model (extractor + linear softmax head). Its seconds count from ``started`` (a
-    ``time.perf_counter()``; default: now).
+@dataclass(frozen=True)
+class Decoding:
+    """A folder's images, in the order the probe takes them, being decoded
+    (:func:`decoding`)."""
 
-    At most ``baselines.max_train`` training images are used (a stratified sample, as the
-    baselines stage fits on), so a large folder costs no more than that to fit."""
-    started = time.perf_counter() if started is None else started
+    images: FolderImages
+    image_size: int
+    order: dict[str, list[LabelledFile]]  # train (sampled to max_train), validation, test
+    load: Callable[[Path], decode.Loaded]
+    decoded: Iterator[decode.Loaded]
+
+
+@contextlib.contextmanager
+def decoding(images: FolderImages, cfg: Config, image_size: int) -> Iterator[Decoding]:
+    """Start decoding ``images`` at ``image_size`` in worker processes, now: before
+    TensorFlow is imported (and MLflow connects), which the decoding overlaps. At most
+    ``baselines.max_train`` training images (a stratified sample, as the baselines stage
+    fits on), so a large folder costs no more than that to fit."""
     listed = images.splits["train"]
     keep = baselines.sample_rows(np.array([f.label for f in listed]), cfg.baselines.max_train,
                                  cfg.base.seed)
@@ -155,45 +158,53 @@ def run(images: FolderImages, cfg: Config, image_size: int,
     load = functools.partial(decode.load, size=image_size, mode=cfg.prepare.resize_mode,
                              max_pixels=cfg.prepare.max_pixels, min_side=cfg.prepare.min_side)
     batch_size = cfg.features.batch_size
-    # Forked before TensorFlow is imported (a fork after it is unsafe); a worker that dies
-    # (out of memory) fails the probe instead of hanging it, as multiprocessing.Pool would.
-    pool = ProcessPoolExecutor(decode.worker_count(),
-                               mp_context=multiprocessing.get_context("fork"))
-    try:
-        decoded = decode_ahead(pool, load, [f.path for s in order for f in order[s]],
-                               batch_size, ahead=max(1, DECODED_AHEAD_BYTES // (
-                                   batch_size * image_size * image_size * 3)))
-        from tlearn.models.head import assemble, build_extractor, linear_head
+    with decode.worker_pool() as pool:
+        yield Decoding(images, image_size, order, load, decode.decode_ahead(
+            pool, load, [f.path for s in order for f in order[s]], batch_size,
+            ahead=decode.batches_ahead(batch_size, image_size)))
 
-        extractor = build_extractor(cfg.model.backbone, image_size, cfg.model.weights, "avg")
-        train, skipped = _extract(extractor, decoded, order["train"], batch_size)
-        validation, skipped_validation = _extract(extractor, decoded, order["validation"],
-                                                  batch_size)
-        # The regression learns only the classes it sees, and its softmax layer has a
-        # column per class seen: every class needs a training image that decoded.
-        seen = set(train.y.tolist())
-        if missing := [name for i, name in enumerate(images.classes) if i not in seen]:
-            raise DataError(f"tlearn probe: no training image of {', '.join(missing)} decoded "
-                            f"({len(skipped)} of the training files did not, e.g. "
-                            f"{skipped[0]['file']}: {skipped[0]['reason']})")
-        search = baselines.logistic_regression(train, validation, cfg.baselines, cfg.base.seed)
-        result = ProbeResult(
-            str(images.folder.resolve()), cfg.model.backbone, image_size, cfg.prepare.resize_mode, images.classes,
-            counts={"train": len(train), "validation": len(validation)},
-            n_train_listed=len(listed), c=search.value, search=search.rows,
-            val_accuracy=search.val_accuracy,
-            seconds_to_validation=round(time.perf_counter() - started, 1),
-            left_out=images.duplicates + skipped + skipped_validation,
-            example=_example(load, order["validation"]))
-        if on_validation:
-            on_validation(result)
-        test, skipped_test = _extract(extractor, decoded, order["test"], batch_size)
-        report = baselines.evaluate(search, test, images.classes)
-        result.test = {k: report[k] for k in SUMMARY_KEYS}
-        result.counts["test"], result.left_out = len(test), result.left_out + skipped_test
-        result.seconds_to_test = round(time.perf_counter() - started, 1)
-    finally:
-        pool.shutdown(cancel_futures=True)
+
+def run(decoding: Decoding, cfg: Config,
+        on_validation: Callable[[ProbeResult], None] | None = None,
+        started: float | None = None) -> tuple[ProbeResult, object]:
+    """Probe the images ``decoding`` decodes; ``on_validation`` hears the result as soon as
+    validation is scored, before test. Returns the result and the model (extractor + linear
+    softmax head). Its seconds count from ``started`` (a ``time.perf_counter()``; default:
+    now)."""
+    from tlearn.models.head import assemble, build_extractor, linear_head
+
+    started = time.perf_counter() if started is None else started
+    images, order, decoded = decoding.images, decoding.order, decoding.decoded
+    batch_size = cfg.features.batch_size
+    extractor = build_extractor(cfg.model.backbone, decoding.image_size, cfg.model.weights,
+                                "avg")
+    train, skipped = _extract(extractor, decoded, order["train"], batch_size)
+    validation, skipped_validation = _extract(extractor, decoded, order["validation"],
+                                              batch_size)
+    # The regression learns only the classes it sees, and its softmax layer has a column
+    # per class seen: every class needs a training image that decoded.
+    seen = set(train.y.tolist())
+    if missing := [name for i, name in enumerate(images.classes) if i not in seen]:
+        raise DataError(f"tlearn probe: no training image of {', '.join(missing)} decoded "
+                        f"({len(skipped)} of the training files did not, e.g. "
+                        f"{skipped[0]['file']}: {skipped[0]['reason']})")
+    search = baselines.logistic_regression(train, validation, cfg.baselines, cfg.base.seed)
+    result = ProbeResult(
+        str(images.folder.resolve()), cfg.model.backbone, decoding.image_size,
+        cfg.prepare.resize_mode, images.classes,
+        counts={"train": len(train), "validation": len(validation)},
+        n_train_listed=len(images.splits["train"]), c=search.value, search=search.rows,
+        val_accuracy=search.val_accuracy,
+        seconds_to_validation=round(time.perf_counter() - started, 1),
+        left_out=images.duplicates + skipped + skipped_validation,
+        example=_example(decoding.load, order["validation"]))
+    if on_validation:
+        on_validation(result)
+    test, skipped_test = _extract(extractor, decoded, order["test"], batch_size)
+    report = baselines.evaluate(search, test, images.classes)
+    result.test = {k: report[k] for k in SUMMARY_KEYS}
+    result.counts["test"], result.left_out = len(test), result.left_out + skipped_test
+    result.seconds_to_test = round(time.perf_counter() - started, 1)
     return result, assemble(extractor, linear_head(tuple(extractor.output.shape[1:]),
                                                    *search.linear))
 
@@ -218,44 +229,14 @@ def save(folder: Path, result: ProbeResult, model) -> list[Path]:
     from tlearn.data.store import save_preprocess
 
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / MODEL_FILE) as tmp:
-        save_model(model, tmp)
+    save_model(model, folder / MODEL_FILE)
     write_json(folder / "labels.json", result.classes)
     save_preprocess(folder / "preprocess.json", result.image_size, result.resize_mode)
     write_json(folder / REPORT_FILE, result.report())
     return [folder / REPORT_FILE]
 
 
-def decode_ahead(pool, load: Callable[[Path], Decoded], files: Sequence[Path],
-                 batch_size: int, ahead: int) -> Iterator[Decoded]:
-    """``load`` of each file in ``pool``, in order. The first ``ahead`` batches of
-    ``batch_size`` are submitted before this returns, so decoding starts now; each batch
-    taken submits the next one."""
-    starts = iter(range(0, len(files), batch_size))
-    pending: deque = deque()
-
-    def submit() -> None:
-        start = next(starts, None)
-        if start is not None:
-            pending.append(pool.submit(_load_all, load, files[start:start + batch_size]))
-
-    for _ in range(ahead):
-        submit()
-
-    def results() -> Iterator[Decoded]:
-        while pending:
-            batch = pending.popleft().result()
-            submit()
-            yield from batch
-
-    return results()
-
-
-def _load_all(load: Callable[[Path], Decoded], files: Sequence[Path]) -> list[Decoded]:
-    return [load(path) for path in files]
-
-
-def _extract(extractor, decoded: Iterator[Decoded], files: list[LabelledFile],
+def _extract(extractor, decoded: Iterator[decode.Loaded], files: list[LabelledFile],
              batch_size: int) -> tuple[FeatureSet, list[dict]]:
     """The next ``len(files)`` decoded images through ``extractor``, ``batch_size`` at a
     time: their features and labels, and the files that did not decode."""
@@ -285,7 +266,7 @@ def _extract(extractor, decoded: Iterator[Decoded], files: list[LabelledFile],
     return FeatureSet(np.concatenate(rows), np.array(labels, np.int64)), skipped
 
 
-def _example(load: Callable[[Path], Decoded], files: list[LabelledFile]) -> np.ndarray:
+def _example(load: Callable[[Path], decode.Loaded], files: list[LabelledFile]) -> np.ndarray:
     """Two images that decode, for the logged model's input example."""
     images = []
     for file in files:

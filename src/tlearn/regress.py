@@ -197,7 +197,8 @@ def run(cfg: Config, table: Table) -> Result:
     """Fit both models, write models/regress.keras, reports/regress.json and
     reports/regress.png; the figures are on the test split."""
     from tlearn import plots
-    from tlearn.io import atomic_path, save_model, write_json
+    from tlearn.io import write_json
+    from tlearn.models.saving import save_model
 
     params = cfg.regress
     splits = split(table, params, cfg.base.seed)
@@ -220,8 +221,7 @@ def run(cfg: Config, table: Table) -> Result:
         "linear_regression": linear_scores,
         "first_rows": first,
     }
-    with atomic_path(MODEL) as tmp:
-        save_model(network, tmp)
+    save_model(network, MODEL)
     write_json(REPORT, report)
     plots.regression(splits.y_test, {"network": predicted, "linear regression": linear},
                      history, str(table.target.name), PLOT)

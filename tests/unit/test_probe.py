@@ -63,34 +63,6 @@ def test_an_empty_folder_is_a_clear_error(tmp_path):
         probe.list_images(tmp_path / "nowhere", make_config())
 
 
-class CountingPool:
-    """An executor that decodes when asked for a result, and counts the batches waiting."""
-
-    def __init__(self):
-        self.waiting = self.most = 0
-
-    def submit(self, fn, *args):
-        self.waiting += 1
-        self.most = max(self.most, self.waiting)
-        pool = self
-
-        class Future:
-            def result(self):
-                pool.waiting -= 1
-                return fn(*args)
-
-        return Future()
-
-
-def test_decoding_starts_at_once_and_runs_ahead_by_at_most_the_given_batches():
-    pool = CountingPool()
-    decoded = probe.decode_ahead(pool, lambda i: (i * 10, None), list(range(23)), 5, ahead=3)
-    assert pool.waiting == 3  # submitted before anything is taken
-    assert [image for image, _ in decoded] == [i * 10 for i in range(23)]
-    assert pool.most == 3
-    assert list(probe.decode_ahead(CountingPool(), lambda i: (i, None), [], 5, ahead=3)) == []
-
-
 class MeanExtractor:
     def __init__(self):
         self.batch_sizes = []
@@ -131,7 +103,8 @@ def test_probe_of_a_small_folder_gives_a_model_predict_takes_and_an_mlflow_run(
                              "1.0000 (95%: 0.676-1.000) on 8 images (logistic regression, "
                              "C=0.1) after ")
     assert out[1].startswith("test accuracy 1.0000 on 8 images after ")
-    assert out[2] == "model: probe/model.keras (tlearn predict --model probe/model.keras IMAGE)"
+    assert out[2] == "1 file left out (duplicates, or not decodable): probe/probe.json"
+    assert out[3] == "model: probe/model.keras (tlearn predict --model probe/model.keras IMAGE)"
 
     report = json.loads((project / "probe" / "probe.json").read_text())
     assert report["counts"] == {"train": 16, "validation": 8, "test": 8}
@@ -175,16 +148,17 @@ def test_a_class_without_a_decodable_training_image_is_a_clear_error(project, im
     folder = colour_folder(project / "photos", img, {"train": 2, "val": 2, "test": 1})
     for path in (folder / "train" / "red").iterdir():
         path.write_bytes(f"not an image: {path.name}".encode())
-    images = probe.list_images(folder, make_config())
+    cfg = make_config()
     with pytest.raises(DataError, match=r"no training image of red decoded \(2 of the training "
-                                        r"files did not, e.g. .*red_0.png: not an image"):
-        probe.run(images, make_config(), image_size=32)
+                                        r"files did not, e.g. .*red_0.png: not an image"), \
+            probe.decoding(probe.list_images(folder, cfg), cfg, image_size=32) as decoding:
+        probe.run(decoding, cfg)
 
 
 def test_layouts_it_refuses_and_files_it_leaves_out(tmp_path, img):
     img.folder(tmp_path / "mixed" / "train", {"cat": 2, "dog": 2})
     img.folder(tmp_path / "mixed", {"samples": 2})
-    with pytest.raises(DataError, match=r"^tlearn probe: .*mixed: mixes split folders with "
+    with pytest.raises(DataError, match=r"^tlearn probe: .*mixed mixes split folders with "
                                         r"other folders: \['samples'\]"):
         probe.list_images(tmp_path / "mixed", make_config())
 
@@ -225,8 +199,9 @@ def test_validation_is_reported_before_test_and_training_is_sampled_to_max_train
     folder = colour_folder(project / "photos", img, {"train": 8, "val": 2, "test": 2})
     cfg = make_config({"baselines.max_train": 10})
     heard = []
-    result, _ = probe.run(probe.list_images(folder, cfg), cfg, image_size=32,
-                          on_validation=lambda r: heard.append((dict(r.test), probe.summary(r))))
+    with probe.decoding(probe.list_images(folder, cfg), cfg, image_size=32) as decoding:
+        result, _ = probe.run(decoding, cfg, on_validation=lambda r: heard.append(
+            (dict(r.test), probe.summary(r))))
     assert heard[0][0] == {}  # test not scored yet
     assert heard[0][1].startswith("2 classes, 10 of 16 training images at 32 px: ")
     assert result.counts == {"train": 10, "validation": 4, "test": 4}

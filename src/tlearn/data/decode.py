@@ -1,27 +1,43 @@
-"""Every raw image decoded once, in parallel, into one array on disk.
+"""Images decoded in worker processes, in order, a bounded number of batches ahead.
 
 prepare needs all files decoded before it can split them (a file that does not decode is
-quarantined and takes no part in the split), but must not hold the pixels in memory: a
-worker pool decodes, and the main process appends each image to a scratch ``.npy`` in
-file order as the results arrive.
+quarantined and takes no part in the split), but must not hold the pixels in memory: the
+workers decode (:func:`decode_ahead`), and the main process appends each image to a
+scratch ``.npy`` in file order as the results arrive (:func:`decode_all`). ``tlearn
+probe`` feeds the frozen base from :func:`decode_ahead` the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import multiprocessing
 import os
-from multiprocessing import Pool
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 from tlearn.data.images import BadImage, load_rgb
 from tlearn.data.store import ArrayWriter
+from tlearn.errors import DataError
 from tlearn.io import file_digest
 
 MANIFEST = "manifest.json"
+BATCH = 16  # files per task sent to a worker
+#: Decoded images waiting to be used at most (bytes): decoding runs ahead (in tlearn
+#: probe, while TensorFlow imports and the base is built), but a large folder never sits
+#: in memory.
+DECODED_AHEAD_BYTES = 256 * 2**20
+T = TypeVar("T")
+Loaded = tuple[np.ndarray | None, str | None]  # load: (the image, None) or (None, why not)
 
 
 class RawFile(NamedTuple):
@@ -58,9 +74,10 @@ def decode_all(raw: Path, files: list[RawFile], scratch: Path, size: int, mode: 
                                min_side=min_side)
     blank = np.zeros((1, size, size, 3), np.uint8)
     results = []
-    with Pool(worker_count()) as pool, \
+    with worker_pool() as pool, \
             ArrayWriter(scratch, len(files), (size, size, 3), "uint8") as out:
-        decoded = pool.imap(decode, [raw / f.path for f in files], chunksize=16)
+        decoded = decode_ahead(pool, decode, [raw / f.path for f in files], BATCH,
+                               ahead=batches_ahead(BATCH, size))
         for digest, image, error in tqdm(decoded, total=len(files), desc="prepare",
                                          unit="img", disable=None):
             out.write(blank if image is None else image[None])
@@ -68,13 +85,64 @@ def decode_all(raw: Path, files: list[RawFile], scratch: Path, size: int, mode: 
     return results
 
 
+@contextlib.contextmanager
+def worker_pool() -> Iterator[ProcessPoolExecutor]:
+    """Decoding processes (:func:`worker_count`). A worker that dies (out of memory) fails
+    the work (BrokenProcessPool) instead of hanging it, as ``multiprocessing.Pool`` does.
+    Forked when TensorFlow is not yet imported (a fork after it is unsafe), else spawned;
+    the workers leave Ctrl-C to the main process. Pending work is dropped on the way out."""
+    method = "spawn" if "tensorflow" in sys.modules else "fork"
+    pool = ProcessPoolExecutor(worker_count(), mp_context=multiprocessing.get_context(method),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def batches_ahead(batch_size: int, size: int) -> int:
+    """How many batches of ``size`` px images :data:`DECODED_AHEAD_BYTES` holds."""
+    return max(1, DECODED_AHEAD_BYTES // (batch_size * size * size * 3))
+
+
+def decode_ahead(pool: ProcessPoolExecutor, load: Callable[[Path], T], files: Sequence[Path],
+                 batch_size: int, ahead: int) -> Iterator[T]:
+    """``load`` of each file in ``pool``, in order. The first ``ahead`` batches of
+    ``batch_size`` are submitted before this returns, so decoding starts now; each batch
+    taken submits the next one."""
+    starts = iter(range(0, len(files), batch_size))
+    pending: deque[Future] = deque()
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is not None:
+            pending.append(pool.submit(_load_all, load, files[start:start + batch_size]))
+
+    for _ in range(ahead):
+        submit()
+
+    def results() -> Iterator[T]:
+        while pending:
+            try:
+                batch = pending.popleft().result()
+            except BrokenProcessPool:
+                raise DataError("a process decoding the images died (out of memory?)") from None
+            submit()
+            yield from batch
+
+    return results()
+
+
+def _load_all(load: Callable[[Path], T], files: Sequence[Path]) -> list[T]:
+    return [load(path) for path in files]
+
+
 def worker_count() -> int:
     """Decoding processes: one per core, at most 8."""
     return min(os.cpu_count() or 1, 8)
 
 
-def load(path: Path, size: int, mode: str, max_pixels: int, min_side: int,
-         ) -> tuple[np.ndarray | None, str | None]:
+def load(path: Path, size: int, mode: str, max_pixels: int, min_side: int) -> Loaded:
     """``(the image as prepare makes it, None)``, or ``(None, why it cannot be used)``."""
     try:
         return load_rgb(path, size, mode, max_pixels, min_side), None

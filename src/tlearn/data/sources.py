@@ -295,7 +295,8 @@ def split_folders(folder: Path) -> list[Path]:
     split_dirs = [c for c in children if is_split_name(c.name)]
     if split_dirs and len(split_dirs) != len(children):
         others = sorted(c.name for c in children if not is_split_name(c.name))
-        raise DataError(f"{folder}: mixes split folders with other folders: {others}")
+        raise DataError(f"data.source: {folder} mixes split folders with other folders: "
+                        f"{others}")
     return split_dirs
 
 

@@ -33,7 +33,8 @@ def run(cfg: Config) -> dict:
 
     from tlearn import features
     from tlearn.data.store import SplitReader, check_preprocess
-    from tlearn.io import atomic_path, save_model, write_json
+    from tlearn.io import atomic_path, write_json
+    from tlearn.models.saving import save_model
     from tlearn.models.head import build_extractor
 
     check_preprocess(paths.PREPARED_PREPROCESS, cfg.prepare.image_size, cfg.prepare.resize_mode)

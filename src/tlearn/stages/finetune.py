@@ -47,7 +47,8 @@ def run(cfg: Config) -> dict:
     from tlearn.checkpoint import Checkpoint, fingerprint
     from tlearn.data.batches import ImageBatches
     from tlearn.data.store import SplitReader
-    from tlearn.io import atomic_path, read_csv, save_model, write_csv, write_json
+    from tlearn.io import read_csv, write_csv, write_json
+    from tlearn.models.saving import save_model
     from tlearn.models.head import count_params, find_base
 
     keras.utils.set_random_seed(cfg.base.seed)  # before loading: dropout seeds come from it
@@ -84,8 +85,7 @@ def run(cfg: Config) -> dict:
                     "(%.4f): models/model.keras is the probe on the frozen base",
                     probe_val_accuracy, metrics["val_accuracy"])
         model = probe_model()
-    with atomic_path(paths.MODEL) as tmp:
-        save_model(model, tmp)
+    save_model(model, paths.MODEL)
     write_csv(STAGE.history, history)
     checkpoint.clear()
     write_json(STAGE.report, metrics)

@@ -36,8 +36,9 @@ def run(cfg: Config) -> dict:
 
     from tlearn import features, train
     from tlearn.data.store import load_preprocess
-    from tlearn.io import atomic_path, read_json, save_model, write_csv, write_json
+    from tlearn.io import read_json, write_csv, write_json
     from tlearn.models.head import assemble, count_params
+    from tlearn.models.saving import save_model
 
     labels = read_json(paths.PREPARED_LABELS)
     head, history = train.train_head(features.load_training(), features.load("validation"),
@@ -46,8 +47,7 @@ def run(cfg: Config) -> dict:
     params = count_params(model)
     log.info("head phase: %s trainable, %s non-trainable parameters",
              f"{params['trainable_params']:,}", f"{params['non_trainable_params']:,}")
-    with atomic_path(paths.HEAD_MODEL) as tmp:
-        save_model(model, tmp)
+    save_model(model, paths.HEAD_MODEL)
     write_json(paths.LABELS, labels)
     write_json(paths.PREPROCESS, load_preprocess(paths.PREPARED_PREPROCESS))
     write_csv(STAGE.history, history)

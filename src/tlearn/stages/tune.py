@@ -143,7 +143,7 @@ def _write(cfg: Config, head: HeadParams, study: optuna.Study | None, numbers: d
     # Timings go to MLflow (the returned figures), not to the report DVC tracks.
     write_json(STAGE.report, {k: v for k, v in report.items() if k not in TIMINGS})
     _write_trials(study)
-    _draw(study, cfg.base.seed)
+    _draw(study)
     return {k: v for k, v in report.items() if k != "best_params"}
 
 
@@ -168,10 +168,11 @@ def _write_trials(study: optuna.Study | None) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def _draw(study: optuna.Study | None, seed: int) -> None:
+def _draw(study: optuna.Study | None) -> None:
     """Optimization history, parameter importances and slices (Optuna's matplotlib plots);
-    a figure that cannot be drawn (too few trials) says why instead. The importances'
-    random forest is seeded: the same trials draw the same figure."""
+    a figure that cannot be drawn (too few trials) says why instead. The importances are
+    given the parameters sorted: in the order of a set of names, tied ones swapped places
+    from one process to the next."""
     import warnings
 
     import matplotlib.pyplot as plt
@@ -181,12 +182,11 @@ def _draw(study: optuna.Study | None, seed: int) -> None:
     from tlearn import plots
 
     if study is not None:
-        import optuna
         import optuna.visualization.matplotlib as optuna_plots
 
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        names = sorted({name for trial in study.trials for name in trial.params})
         drawers = {"history": optuna_plots.plot_optimization_history,
-                   "importances": lambda s: optuna_plots.plot_param_importances(s, evaluator),
+                   "importances": lambda s: optuna_plots.plot_param_importances(s, params=names),
                    "slices": optuna_plots.plot_slice}
     for name, path in FIGURES.items():
         reason = "tuning is off (tune.n_trials: 0)"

@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 
-from tlearn.io import save_model
+from tlearn.models.saving import save_model
 
 
 def test_the_same_model_built_and_saved_twice_is_the_same_bytes_and_loads(tmp_path):
