@@ -265,11 +265,12 @@ def _probe(args: argparse.Namespace) -> int:
               **{f"prepare.split.{k}": v for k, v in vars(cfg.prepare.split).items()},
               **{f"baselines.{k}": getattr(cfg.baselines, k)
                  for k in ("logistic_regression", "max_iter", "max_train")}}
-    # Decoding starts first: connecting to the tracking store and importing TensorFlow
-    # overlap it.
-    with probe.decoding(images, cfg, args.image_size) as decoding, command_run(
-            args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required, "probe",
-            params, tags={"probe.folder": params["folder"]}) as run:
+    # Decoding starts once the tracking store answers, and overlaps TensorFlow's import and
+    # the base's building. (Started before, it slowed MLflow's import and connection, which
+    # the probe waits for: 1-2 s later to validation here.)
+    with command_run(args.settings, f"{cfg.tracking.experiment}-probe", cfg.tracking.required,
+                     "probe", params, tags={"probe.folder": params["folder"]}) as run, \
+            probe.decoding(images, cfg, args.image_size) as decoding:
         result, model = probe.run(decoding, cfg, started=started,
                                   on_validation=lambda r: print(probe.summary(r), flush=True))
         print(f"test accuracy {result.test['accuracy']:.4f} on {result.counts['test']} images "

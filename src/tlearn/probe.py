@@ -147,7 +147,7 @@ class Decoding:
 @contextlib.contextmanager
 def decoding(images: FolderImages, cfg: Config, image_size: int) -> Iterator[Decoding]:
     """Start decoding ``images`` at ``image_size`` in worker processes, now: before
-    TensorFlow is imported (and MLflow connects), which the decoding overlaps. At most
+    TensorFlow is imported, which the decoding overlaps. At most
     ``baselines.max_train`` training images (a stratified sample, as the baselines stage
     fits on), so a large folder costs no more than that to fit."""
     listed = images.splits["train"]

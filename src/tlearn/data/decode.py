@@ -90,14 +90,21 @@ def worker_pool() -> Iterator[ProcessPoolExecutor]:
     """Decoding processes (:func:`worker_count`). A worker that dies (out of memory) fails
     the work (BrokenProcessPool) instead of hanging it, as ``multiprocessing.Pool`` does.
     Forked when TensorFlow is not yet imported (a fork after it is unsafe), else spawned;
-    the workers leave Ctrl-C to the main process. Pending work is dropped on the way out."""
+    the workers leave Ctrl-C to the main process, and the CPU to it when it needs it (they
+    run niced: in tlearn probe, its imports are what the decoding must not delay). Pending
+    work is dropped on the way out."""
     method = "spawn" if "tensorflow" in sys.modules else "fork"
     pool = ProcessPoolExecutor(worker_count(), mp_context=multiprocessing.get_context(method),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+                               initializer=_worker_start)
     try:
         yield pool
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _worker_start() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)  # below the main process
 
 
 def batches_ahead(batch_size: int, size: int) -> int:
