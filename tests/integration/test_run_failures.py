@@ -67,7 +67,7 @@ def test_a_one_class_folder_and_a_class_with_one_image(project, tmp_path):
     image_folder(tmp_path / "thin", {"cats": 6, "dogs": 1}, size=(8, 8))
     params, before = (project / "params.yaml").read_bytes(), outputs(project)
     for source, message in ((tmp_path / "one", "has 1 class folder"),
-                            (tmp_path / "thin", "class 'dogs' has 1 training images")):
+                            (tmp_path / "thin", "class 'dogs' has 1 training image,")):
         result = tlearn(project, "run", "-S", f"data.source={source}")
         assert result.returncode == 2 and message in result.stderr, result.stderr
     assert (project / "params.yaml").read_bytes() == params and outputs(project) == before
