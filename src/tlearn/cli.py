@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_retrain)
 
     p = sub.add_parser("backbones", help="list every backbone: size, input size, weights, offline")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table to read, or JSON for scripts (default: %(default)s)")
     p.set_defaults(handler=_backbones)
 
     p = sub.add_parser("predict", help="classify images with a pretrained or trained model")
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=config.TTA_MODES, default="none",
                    help="test-time augmentation: average over the mirror image (flip), and "
                         "centre crops (flip_crops) (default: none)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table",
+                   help="a table to read, or for scripts a JSON list, an object per image "
+                        "(default: %(default)s)")
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser("gui", help="a desktop window: load an image, see the top 3 classes")

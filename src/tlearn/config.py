@@ -115,6 +115,7 @@ class FinetuneParams:
     epochs: int = field(metadata=_range(0))
     batch_size: int = field(metadata=_range(1))
     patience: int = field(metadata=_range(0))
+    probe_floor: bool  # the linear probe replaces a fine-tuned model worse on validation
 
 
 #: Test-time augmentation (tlearn.metrics.tta_views), as EvaluateParams.tta spells it.

@@ -68,6 +68,8 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     returncode = _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", *force],
                           env) if force else 0
     returncode = returncode or _run_dvc(cmd, env)
+    if not returncode and store is not None and (not targets or "evaluate" in targets):
+        returncode = _register_if_skipped(store, cfg, env)
     if returncode and PARAMS_YAML.read_bytes() != params_before:
         # `dvc exp run -S` wrote the failed experiment's values into params.yaml.
         PARAMS_YAML.write_bytes(params_before)
@@ -91,6 +93,22 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     if returncode:
         log.error("run: %s exited with %d", " ".join(cmd[:3]), returncode)
     return returncode
+
+
+def _register_if_skipped(store, cfg: config.Config, env: dict[str, str]) -> int:
+    """Evaluate again when the registry lacks models/model.keras: DVC skips evaluate when
+    the model it rebuilt is byte for byte the locked one (a fresh clone, a new mlflow.db),
+    and evaluate is the stage that registers it."""
+    from tlearn.tracking import registry
+
+    lacking = False
+    with store.guarded():  # a store down with tracking.required false: warned, no rerun
+        lacking = registry.lacks_current_model(store, cfg)
+    if not lacking:
+        return 0
+    log.info("run: models/model.keras is not in the registry (DVC skipped evaluate: its "
+             "inputs match dvc.lock); evaluating it again to register it")
+    return _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", "evaluate"], env)
 
 
 def _run_dvc(cmd: list[str], env: dict[str, str]) -> int:

@@ -256,5 +256,12 @@ def test_a_linear_probe_better_on_validation_becomes_the_model(project):
     with np.load(project / "models/probe.npz") as probe:
         logits = extractor.predict(images, verbose=0) @ probe["kernel"] + probe["bias"]
     expected = np.exp(logits - logits.max(1, keepdims=True))
-    np.testing.assert_allclose(model.predict(images, verbose=0),
-                               expected / expected.sum(1, keepdims=True), atol=1e-5)
+    probe_probabilities = expected / expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(model.predict(images, verbose=0), probe_probabilities, atol=1e-5)
+
+    set_params(project, finetune__probe_floor=False)  # the floor off: the fine-tune ships
+    result = run([str(BIN / "tlearn"), "finetune"], project)
+    assert not json.loads((project / "reports/finetune.json").read_text())["kept_probe"]
+    assert "models/model.keras is the fine-tuned model (probe_floor: false)" in result.stderr
+    fine_tuned = keras.saving.load_model(project / "models/model.keras")
+    assert not np.allclose(fine_tuned.predict(images, verbose=0), probe_probabilities, atol=1e-3)

@@ -165,7 +165,8 @@ def test_dvc_push_then_pull_in_a_fresh_clone_gives_the_same_models(project, tmp_
         assert file_digest(tmp_path / "clone" / name) == file_digest(project / name), name
 
 
-LEARNS_NOTHING = {"head.learning_rate": 1e-7, "head.epochs": 1}  # a head at chance level
+# A head at chance level, and no linear probe shipped in its place (the floor would).
+LEARNS_NOTHING = {"head.learning_rate": 1e-7, "head.epochs": 1, "finetune.probe_floor": False}
 
 
 def champion_of(project: Path) -> str:

@@ -371,6 +371,15 @@ def test_mlflow_run_in_a_fresh_clone_then_make_run_and_make_ui(source, tmp_path)
     assert [p.info.run_id for p in pipelines] == [run.info.run_id]
     assert "reports/evaluate.json" in artifact_paths(client, run.info.run_id, "reports")
 
+    # A store without the model (as a fresh clone's, whose pipeline rebuilds the locked
+    # model byte for byte): DVC skips evaluate, the stage that registers, so tlearn reruns it.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    out = sh(str(BIN / "tlearn"), "run", cwd=clone, MLFLOW_TRACKING_URI=other)
+    assert "evaluating it again to register it" in out
+    assert aliases_of(mlflow.MlflowClient(other)) == {"challenger": "1"}
+    assert "Running stage" not in sh(str(BIN / "tlearn"), "run", cwd=clone,
+                                     MLFLOW_TRACKING_URI=other)  # registered: nothing to do
+
     # `make ui` on 127.0.0.1: the page and the experiment through the REST API.
     port, log = free_port(), tmp_path / "ui.log"
     ui = start([*make, f"UI_PORT={port}", "ui"], clone, log)

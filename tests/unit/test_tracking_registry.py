@@ -169,12 +169,17 @@ def test_the_same_model_on_the_same_test_split_is_registered_once(embedded, monk
     monkeypatch.setattr(client, "search_logged_models", lambda **kwargs: [logged])
     run_id = client.create_run(connected.experiment_id).info.run_id
 
-    def register() -> str:
-        return registry.register(connected, config.load("params.yaml"), {"accuracy": 0.5},
-                                 run_id=run_id, pipeline_run_id=None)
+    cfg = config.load("params.yaml")
 
+    def register() -> str:
+        return registry.register(connected, cfg, {"accuracy": 0.5}, run_id=run_id,
+                                 pipeline_run_id=None)
+
+    assert registry.lacks_current_model(connected, cfg)  # `tlearn run` then evaluates again
     assert register() == register() == "1"
+    assert not registry.lacks_current_model(connected, cfg)
     paths.MODEL.write_bytes(b"another model")
+    assert registry.lacks_current_model(connected, cfg)
     assert register() == "2"
     assert len(client.search_model_versions("name = 'tlearn'")) == 2
     aliases = client.get_registered_model("tlearn").aliases

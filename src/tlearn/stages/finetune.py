@@ -3,10 +3,11 @@ recompile with the lower ``finetune.learning_rate`` and train end to end on the 
 with online augmentation -> models/model.keras. Checkpoints every epoch: rerunning a
 killed stage resumes where it stopped.
 
-The floor: when the linear probe (the baselines stage's logistic regression on the frozen
-features) has a higher validation accuracy than the fine-tuned model, models/model.keras
-is the probe instead (the frozen extractor and the probe as its softmax head), so the
-pipeline never ships a model worse on validation than that classical baseline."""
+The floor (``finetune.probe_floor``, on by default): when the linear probe (the baselines
+stage's logistic regression on the frozen features) has a higher validation accuracy than
+the fine-tuned model, models/model.keras is the probe instead (the frozen extractor and
+the probe as its softmax head), so the pipeline never ships a model worse on validation
+than that classical baseline."""
 
 from __future__ import annotations
 
@@ -78,12 +79,15 @@ def run(cfg: Config) -> dict:
         metrics |= {f"start_{k}": v for k, v in start.items()}
     with np.load(paths.PROBE) as probe:
         probe_val_accuracy = float(probe["val_accuracy"])
+    probe_is_better = probe_val_accuracy > metrics["val_accuracy"]
     metrics |= {"probe_val_accuracy": probe_val_accuracy,
-                "kept_probe": probe_val_accuracy > metrics["val_accuracy"]}
-    if metrics["kept_probe"]:
+                "kept_probe": probe_is_better and cfg.finetune.probe_floor}
+    if probe_is_better:
         log.warning("the linear probe (validation accuracy %.4f) beats the fine-tuned model "
-                    "(%.4f): models/model.keras is the probe on the frozen base",
-                    probe_val_accuracy, metrics["val_accuracy"])
+                    "(%.4f): models/model.keras is %s", probe_val_accuracy,
+                    metrics["val_accuracy"], "the probe on the frozen base"
+                    if metrics["kept_probe"] else "the fine-tuned model (probe_floor: false)")
+    if metrics["kept_probe"]:
         model = probe_model()
     save_model(model, paths.MODEL)
     write_csv(STAGE.history, history)

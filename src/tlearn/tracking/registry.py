@@ -73,6 +73,17 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
     return version
 
 
+def lacks_current_model(store: Store, cfg: Config) -> bool:
+    """Whether models/model.keras, measured on the current test split, has no version in
+    the registry (a fresh clone's pipeline rebuilds the locked model byte for byte, so DVC
+    skips evaluate, the stage that registers it)."""
+    test = paths.prepared_split("test")
+    if not paths.MODEL.is_file() or not test.is_dir():
+        return False
+    return _version_of(store.client, cfg.tracking.registered_model,
+                       file_digest(paths.MODEL, "md5"), split_digest(test)) is None
+
+
 def _version_of(client, name: str, md5: str, test_split: str) -> str | None:
     """The version of ``name`` registered for the model file ``md5`` measured on
     ``test_split``, if there is one."""
@@ -149,7 +160,8 @@ def promote(settings: Settings, cfg: Config, dry_run: bool = False) -> Outcome:
     client, name = store.client, cfg.tracking.registered_model
     aliases = current_aliases(client, name)
     if CHALLENGER not in aliases:
-        raise TlearnError(f"promote: {name} has no @{CHALLENGER} version (run the pipeline first)")
+        raise TlearnError(f"promote: {name} has no @{CHALLENGER} version: `tlearn run` "
+                          "registers one")
     challenger = client.get_model_version(name, aliases[CHALLENGER])
     champion = aliases.get(CHAMPION)
     if champion == challenger.version:
@@ -178,8 +190,8 @@ def current_aliases(client, name: str) -> dict[str, str]:
     try:
         return dict(client.get_registered_model(name).aliases or {})
     except Exception as exc:  # noqa: BLE001
-        raise TlearnError(f"promote: no registered model {name!r} (run the pipeline "
-                          "first)") from exc
+        raise TlearnError(f"promote: no registered model {name!r}: `tlearn run` registers "
+                          "it (a bare `dvc repro` only when it runs evaluate)") from exc
 
 
 def correct_on_test_split(settings: Settings, name: str, version: str) -> np.ndarray:
