@@ -4,7 +4,8 @@ set, so DVC records the experiment too) as one pipeline execution in MLflow.
 It hands DVC an invocation id; the stages DVC executes group their runs under one
 pipeline run for it (:mod:`tlearn.tracking.runs`). Once DVC exits, the pipeline run gets
 the final metrics and hashes and ends FINISHED, or FAILED with DVC's exit code. When DVC
-executes no stage there is nothing new, and no run is logged.
+executes no stage there is nothing new, and no run is logged, unless the registry has no
+version of the model in the workspace: then evaluate runs again to register it.
 """
 
 from __future__ import annotations
@@ -68,12 +69,12 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     returncode = _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", *force],
                           env) if force else 0
     returncode = returncode or _run_dvc(cmd, env)
-    if not returncode and store is not None and (not targets or "evaluate" in targets):
-        returncode = _register_if_skipped(store, cfg, env)
     if returncode and PARAMS_YAML.read_bytes() != params_before:
         # `dvc exp run -S` wrote the failed experiment's values into params.yaml.
         PARAMS_YAML.write_bytes(params_before)
         log.info("run: params.yaml restored to what it was before the failed run")
+    if not returncode and store is not None:
+        returncode = _sync_registry(store, cfg, env, targets or [])
     if store is not None:
         with store.guarded():
             pipeline = adopted or runs.PipelineRun.find(store, cfg, invocation)
@@ -95,20 +96,27 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     return returncode
 
 
-def _register_if_skipped(store, cfg: config.Config, env: dict[str, str]) -> int:
-    """Evaluate again when the registry lacks models/model.keras: DVC skips evaluate when
-    the model it rebuilt is byte for byte the locked one (a fresh clone, a new mlflow.db),
-    and evaluate is the stage that registers it."""
+def _sync_registry(store, cfg: config.Config, env: dict[str, str], targets: list[str]) -> int:
+    """Make @challenger the model in the workspace (registry.sync_challenger); when that
+    model has no version, run the registering stage (evaluate) again: DVC skips it when
+    the model it rebuilt is the locked one byte for byte (a fresh clone, another tracking
+    store). Within the same execution, so its run nests under the same pipeline run."""
+    from tlearn.stages import all_stages
     from tlearn.tracking import registry
 
-    lacking = False
+    registering = next(name for name, stage in all_stages().items() if stage.registers_model)
+    if targets and registering not in {target.split(":")[-1] for target in targets}:
+        return 0  # a partial run: the model may not match the data yet
+    registered = True
     with store.guarded():  # a store down with tracking.required false: warned, no rerun
-        lacking = registry.lacks_current_model(store, cfg)
-    if not lacking:
+        registered = registry.sync_challenger(store, cfg)
+    if registered:
         return 0
-    log.info("run: models/model.keras is not in the registry (DVC skipped evaluate: its "
-             "inputs match dvc.lock); evaluating it again to register it")
-    return _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", "evaluate"], env)
+    log.info("run: %r in %s has no version of models/model.keras on this test split (DVC "
+             "did not run %s for it): running %s again to register it",
+             cfg.tracking.registered_model, store.uri, registering, registering)
+    return _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", registering],
+                    env)
 
 
 def _run_dvc(cmd: list[str], env: dict[str, str]) -> int:

@@ -265,3 +265,8 @@ def test_a_linear_probe_better_on_validation_becomes_the_model(project):
     assert "models/model.keras is the fine-tuned model (probe_floor: false)" in result.stderr
     fine_tuned = keras.saving.load_model(project / "models/model.keras")
     assert not np.allclose(fine_tuned.predict(images, verbose=0), probe_probabilities, atol=1e-3)
+    validation = SplitReader(project / "data/prepared/validation")
+    predicted = fine_tuned.predict(validation.images.read().astype("float32"),
+                                   verbose=0).argmax(1)
+    assert np.mean(predicted == validation.labels) == pytest.approx(
+        json.loads((project / "reports/finetune.json").read_text())["val_accuracy"])

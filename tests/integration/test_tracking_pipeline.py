@@ -374,11 +374,22 @@ def test_mlflow_run_in_a_fresh_clone_then_make_run_and_make_ui(source, tmp_path)
     # A store without the model (as a fresh clone's, whose pipeline rebuilds the locked
     # model byte for byte): DVC skips evaluate, the stage that registers, so tlearn reruns it.
     other = f"sqlite:///{tmp_path / 'other.db'}"
+    diff = sh("git", "diff", cwd=clone, stdout_only=True)
     out = sh(str(BIN / "tlearn"), "run", cwd=clone, MLFLOW_TRACKING_URI=other)
-    assert "evaluating it again to register it" in out
-    assert aliases_of(mlflow.MlflowClient(other)) == {"challenger": "1"}
+    assert "running evaluate again to register it" in out
+    assert sh("git", "diff", cwd=clone, stdout_only=True) == diff  # evaluate wrote the same
+    other_client = mlflow.MlflowClient(other)
+    assert aliases_of(other_client) == {"challenger": "1"}
+    (rerun,) = other_client.search_runs(
+        [other_client.get_experiment_by_name("tlearn").experiment_id],
+        filter_string="tags.stage = 'pipeline'")
+    assert rerun.info.status == "FINISHED" and rerun.data.tags["tlearn.stages"] == "evaluate"
+    assert other_client.get_model_version("tlearn", "1").tags["pipeline_run_id"] == \
+        rerun.info.run_id
     assert "Running stage" not in sh(str(BIN / "tlearn"), "run", cwd=clone,
                                      MLFLOW_TRACKING_URI=other)  # registered: nothing to do
+    assert "the first champion" in sh(str(BIN / "tlearn"), "promote", cwd=clone,
+                                      MLFLOW_TRACKING_URI=other)
 
     # `make ui` on 127.0.0.1: the page and the experiment through the REST API.
     port, log = free_port(), tmp_path / "ui.log"

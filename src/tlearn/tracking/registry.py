@@ -73,15 +73,24 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
     return version
 
 
-def lacks_current_model(store: Store, cfg: Config) -> bool:
-    """Whether models/model.keras, measured on the current test split, has no version in
-    the registry (a fresh clone's pipeline rebuilds the locked model byte for byte, so DVC
-    skips evaluate, the stage that registers it)."""
+def sync_challenger(store: Store, cfg: Config) -> bool:
+    """Point @challenger at the version of models/model.keras measured on the current test
+    split, the model in the workspace (DVC may have restored an older one from its cache);
+    False when that model has no version: evaluate, the stage that registers, never ran on
+    it with this store (DVC skips it when the rebuilt model is the locked one byte for
+    byte, as on a fresh clone)."""
     test = paths.prepared_split("test")
     if not paths.MODEL.is_file() or not test.is_dir():
+        return True  # nothing to register: the pipeline has not made a model yet
+    client, name = store.client, cfg.tracking.registered_model
+    version = _version_of(client, name, file_digest(paths.MODEL, "md5"), split_digest(test))
+    if version is None:
         return False
-    return _version_of(store.client, cfg.tracking.registered_model,
-                       file_digest(paths.MODEL, "md5"), split_digest(test)) is None
+    if current_aliases(client, name).get(CHALLENGER) != version:
+        _make_challenger(client, name, version, run_id=None, pipeline_run_id=None)
+        log.info("tracking: %s version %s is the model in the workspace: @%s again", name,
+                 version, CHALLENGER)
+    return True
 
 
 def _version_of(client, name: str, md5: str, test_split: str) -> str | None:
@@ -92,7 +101,7 @@ def _version_of(client, name: str, md5: str, test_split: str) -> str | None:
                  and v.tags.get("test_split_sha256") == test_split), None)
 
 
-def _make_challenger(client, name: str, version: str, run_id: str,
+def _make_challenger(client, name: str, version: str, run_id: str | None,
                      pipeline_run_id: str | None) -> None:
     client.set_registered_model_alias(name, CHALLENGER, version)
     for run in filter(None, (run_id, pipeline_run_id)):
