@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from tlearn import config
@@ -66,8 +67,7 @@ def run(settings: Settings, sets: list[str], project_params: list[str], exp: boo
     cmd = dvc_command(pairs, exp or mlflow_project, list(targets or []), name)
     log.info("run: %s", " ".join(cmd))
     params_before = PARAMS_YAML.read_bytes()
-    returncode = _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", *force],
-                          env) if force else 0
+    returncode = _rerun(force, env) if force else 0
     returncode = returncode or _run_dvc(cmd, env)
     if returncode and PARAMS_YAML.read_bytes() != params_before:
         # `dvc exp run -S` wrote the failed experiment's values into params.yaml.
@@ -115,8 +115,12 @@ def _sync_registry(store, cfg: config.Config, env: dict[str, str], targets: list
     log.info("run: %r in %s has no version of models/model.keras on this test split (DVC "
              "did not run %s for it): running %s again to register it",
              cfg.tracking.registered_model, store.uri, registering, registering)
-    return _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", registering],
-                    env)
+    return _rerun([registering], env)
+
+
+def _rerun(stages: Sequence[str], env: dict[str, str]) -> int:
+    """Run ``stages`` alone although DVC sees no change in what they read."""
+    return _run_dvc([_executable("dvc"), "repro", "--force", "--single-item", *stages], env)
 
 
 def _run_dvc(cmd: list[str], env: dict[str, str]) -> int:

@@ -36,8 +36,7 @@ def register(store: Store, cfg: Config, metrics: Mapping[str, Any], run_id: str,
     from tlearn.tracking.models import log_project_model
 
     client, name = store.client, cfg.tracking.registered_model
-    md5 = file_digest(paths.MODEL, "md5")
-    test_split = split_digest(paths.prepared_split("test"))
+    md5, test_split = _workspace_model()
     existing = _version_of(client, name, md5, test_split)
     if existing:
         _make_challenger(client, name, existing, run_id, pipeline_run_id)
@@ -79,11 +78,10 @@ def sync_challenger(store: Store, cfg: Config) -> bool:
     False when that model has no version: evaluate, the stage that registers, never ran on
     it with this store (DVC skips it when the rebuilt model is the locked one byte for
     byte, as on a fresh clone)."""
-    test = paths.prepared_split("test")
-    if not paths.MODEL.is_file() or not test.is_dir():
+    if not paths.MODEL.is_file() or not paths.prepared_split("test").is_dir():
         return True  # nothing to register: the pipeline has not made a model yet
     client, name = store.client, cfg.tracking.registered_model
-    version = _version_of(client, name, file_digest(paths.MODEL, "md5"), split_digest(test))
+    version = _version_of(client, name, *_workspace_model())
     if version is None:
         return False
     if current_aliases(client, name).get(CHALLENGER) != version:
@@ -91,6 +89,12 @@ def sync_challenger(store: Store, cfg: Config) -> bool:
         log.info("tracking: %s version %s is the model in the workspace: @%s again", name,
                  version, CHALLENGER)
     return True
+
+
+def _workspace_model() -> tuple[str, str]:
+    """The identity of a registered version: models/model.keras's md5 and the digest of
+    the test split it is measured on."""
+    return file_digest(paths.MODEL, "md5"), split_digest(paths.prepared_split("test"))
 
 
 def _version_of(client, name: str, md5: str, test_split: str) -> str | None:
